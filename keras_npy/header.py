@@ -1,0 +1,251 @@
+"""A strict reader of `.npy` headers, for files that are untrusted input.
+
+The byte layout of a `.npy` file (NumPy Enhancement Proposal 1, `numpy.lib.format`):
+
+```
+offset  size  content
+0       6     magic string b"\\x93NUMPY"
+6       1     major version: 1, 2 or 3
+7       1     minor version: 0
+8       2|4   header length HLEN, little-endian unsigned: 2 bytes ("<H") in
+              version 1.0, 4 bytes ("<I") in versions 2.0 and 3.0
+10|12   HLEN  the header: an ASCII (1.0), latin-1 (2.0) or UTF-8 (3.0) Python
+              literal of a dict with exactly the keys
+                  'descr'          a dtype string such as '<f4', '>i8', '|b1'
+                  'fortran_order'  True or False
+                  'shape'          a tuple of non-negative Python ints
+              padded with spaces and a final newline so that the data starts
+              on a 64-byte boundary (16 in files written by old NumPy)
+10+HLEN|12+HLEN  the data: prod(shape) * itemsize bytes, C or Fortran order
+```
+
+What this module refuses, and why:
+
+- anything but the three versions above (the data offset depends on it);
+- headers longer than `MAX_HEADER_SIZE` bytes: a hostile file must not make us
+  parse megabytes of text (NumPy's own `np.load` has the same cap);
+- a header that is not a plain literal: it is parsed without evaluating code
+  (a fast exact pattern for what NumPy writes, else `ast.literal_eval`);
+- missing, extra or mistyped keys, negative dimensions, or booleans used as
+  dimensions (`True` is an `int` to Python, not to us);
+- dtypes that are not numbers: object arrays (whose data is a pickle, which
+  could run code), structured, string, void, datetime and subarray dtypes;
+- a file whose size is not exactly the header plus the data its shape
+  claims: a truncated file, or one whose header lies, is caught from its size
+  alone, before any data is read or any memory is allocated for it.
+
+Every refusal is a `ValueError` that starts with the file's path and says what
+was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import re
+import struct
+
+import numpy as np
+
+MAGIC = b"\x93NUMPY"
+MAX_HEADER_SIZE = 10_000
+# Bytes read by the first (usually only) read of a file: NumPy pads its
+# headers to 128 bytes, so one read covers the preamble and the header.
+_FIRST_READ = 512
+_PREAMBLE = {1: (struct.Struct("<H"), "latin1"), 2: (struct.Struct("<I"), "latin1"),
+             3: (struct.Struct("<I"), "utf8")}
+_KEYS = ("descr", "fortran_order", "shape")
+# Exactly what `np.save` writes (NumPy 1.x and 2.x); anything else takes the
+# slower, equally strict `ast.literal_eval` path.
+_CANONICAL = re.compile(
+    r"\{'descr': '([<>|=]?[a-zA-Z?][0-9]*)', 'fortran_order': (True|False), "
+    r"'shape': \((|[0-9]{1,20},|[0-9]{1,20}(?:, [0-9]{1,20})+)\), \} *\n?\Z")
+_NUMERIC_KINDS = "biufc"
+
+
+@dataclasses.dataclass(frozen=True)
+class NpyHeader:
+    """What the header of one `.npy` file says, checked against the file.
+
+    Attributes:
+        path: the file's path, as given.
+        version: the format version, `(1, 0)`, `(2, 0)` or `(3, 0)`.
+        dtype: the dtype as stored, byte order included (e.g. `>f4`).
+        shape: the array's shape, a tuple of non-negative ints.
+        fortran_order: whether the data is in Fortran (column-major) order.
+        data_offset: the byte offset at which the data starts.
+    """
+
+    path: str
+    version: tuple[int, int]
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+
+    @property
+    def nbytes(self) -> int:
+        """The number of data bytes the header claims."""
+        return _prod(self.shape) * self.dtype.itemsize
+
+
+def read_header(path: str | os.PathLike) -> NpyHeader:
+    """Reads and checks the header of a `.npy` file without reading its data.
+
+    Args:
+        path: path to a `.npy` file.
+
+    Returns:
+        An `NpyHeader`.
+
+    Raises:
+        ValueError: the file is not a `.npy` file of a numeric dtype whose size
+            matches its header, or cannot be opened. The message starts with
+            the path.
+
+    Example:
+
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/x.npy"
+    >>> np.save(path, np.zeros((3, 4), "float32"))
+    >>> header = read_header(path)
+    >>> header.dtype, header.shape, header.data_offset
+    (dtype('float32'), (3, 4), 128)
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
+    try:
+        file_size = os.fstat(fd).st_size
+        head = os.pread(fd, _FIRST_READ, 0)
+        version, header_len, header_start = _parse_preamble(path, head)
+        end = header_start + header_len
+        if len(head) < end <= file_size:
+            head += os.pread(fd, end - len(head), len(head))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
+    finally:
+        os.close(fd)
+    if len(head) < end:
+        raise ValueError(f"{path}: expected a header of {header_len} bytes, found a file "
+                         f"of {file_size} bytes; the file is truncated.")
+    text = _decode(path, head[header_start:end], _PREAMBLE[version[0]][1])
+    dtype, fortran_order, shape = _parse_header(path, text)
+    header = NpyHeader(path, version, dtype, shape, fortran_order, end)
+    _check_file_size(header, file_size)
+    return header
+
+
+def _parse_preamble(path: str, head: bytes) -> tuple[tuple[int, int], int, int]:
+    """Checks the magic string and version; returns them with HLEN and its end."""
+    if head[:6] != MAGIC:
+        raise ValueError(f"{path}: expected a .npy file starting with the magic string "
+                         f"{MAGIC!r}, found {head[:6]!r}.")
+    version = tuple(head[6:8])
+    if len(version) < 2 or version[0] not in _PREAMBLE or version[1] != 0:
+        raise ValueError(f"{path}: expected .npy format version 1.0, 2.0 or 3.0, found "
+                         f"{'.'.join(map(str, version)) or 'end of file'}.")
+    length_field = _PREAMBLE[version[0]][0]
+    if len(head) < 8 + length_field.size:
+        raise ValueError(f"{path}: expected a header length field, found end of file; "
+                         "the file is truncated.")
+    (header_len,) = length_field.unpack_from(head, 8)
+    if header_len > MAX_HEADER_SIZE:
+        raise ValueError(f"{path}: expected a header of at most {MAX_HEADER_SIZE} bytes, "
+                         f"found one of {header_len} bytes.")
+    return version, header_len, 8 + length_field.size
+
+
+def _decode(path: str, raw: bytes, encoding: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: expected a header in {encoding}, found bytes that "
+                         f"are not: {e.reason} at position {e.start}.") from e
+
+
+def _parse_header(path: str, text: str) -> tuple[np.dtype, bool, tuple[int, ...]]:
+    """Returns `(dtype, fortran_order, shape)` from the header text, checked."""
+    match = _CANONICAL.match(text)
+    if match:
+        descr, fortran, dims = match.groups()
+        shape = tuple(int(d) for d in dims.split(",") if d.strip())
+        return _check_descr(path, descr), fortran == "True", shape
+    header = _literal(path, text)
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: expected the header to be a dict, found "
+                         f"{type(header).__name__}: {_clip(text)}")
+    if sorted(header) != sorted(_KEYS) or len(header) != 3:
+        raise ValueError(f"{path}: expected the header keys {list(_KEYS)}, found "
+                         f"{sorted(map(str, header))}.")
+    return (_check_descr(path, header["descr"]),
+            _check_fortran_order(path, header["fortran_order"]),
+            _check_shape(path, header["shape"]))
+
+
+def _literal(path: str, text: str) -> object:
+    """Parses a Python literal; no name is looked up and no code is run."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        raise ValueError(f"{path}: expected the header to be a Python literal dict, "
+                         f"found {_clip(text)} ({type(e).__name__}).") from e
+
+
+def _check_descr(path: str, descr: object) -> np.dtype:
+    if not isinstance(descr, str):
+        kind = "structured dtype" if isinstance(descr, list) else type(descr).__name__
+        raise ValueError(f"{path}: expected a numeric dtype, found a {kind} "
+                         f"(descr={descr!r}); only numeric arrays are read.")
+    try:
+        dtype = np.dtype(descr)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: expected a numeric dtype, found descr={descr!r}, "
+                         "which is not a dtype.") from e
+    if dtype.kind not in _NUMERIC_KINDS or dtype.shape or dtype.names:
+        what = "object (pickled) data" if dtype.kind == "O" else f"dtype {dtype}"
+        raise ValueError(f"{path}: expected a numeric dtype (bool, integer, float or "
+                         f"complex), found {what}; such files are refused.")
+    return dtype
+
+
+def _check_fortran_order(path: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: expected 'fortran_order' to be True or False, found "
+                         f"{value!r}.")
+    return value
+
+
+def _check_shape(path: str, shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"{path}: expected 'shape' to be a tuple of non-negative ints, "
+                         f"found {shape!r}.")
+    return shape
+
+
+def _check_file_size(header: NpyHeader, file_size: int) -> None:
+    """The data must be exactly as long as the shape says; nothing is read."""
+    found = file_size - header.data_offset
+    if found != header.nbytes:
+        problem = "the file is truncated" if found < header.nbytes else (
+            "the file has trailing bytes")
+        raise ValueError(
+            f"{header.path}: expected {header.nbytes} data bytes for shape "
+            f"{header.shape} of dtype {header.dtype}, found {found}; {problem}.")
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    """Exact product in Python ints (a numpy product could overflow)."""
+    result = 1
+    for d in shape:
+        result *= d
+    return result
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
