@@ -1,0 +1,16 @@
+"""keras_npy: stream training data stored as `.npy` files into Keras."""
+
+from keras_npy.header import NpyHeader, read_header
+from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DatasetIndex",
+    "FileIndex",
+    "NpyHeader",
+    "RowIndex",
+    "__version__",
+    "build_index",
+    "read_header",
+]

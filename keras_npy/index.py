@@ -1,0 +1,486 @@
+"""The sample index: where every sample is, built from headers alone.
+
+Two layouts (see DESIGN.md):
+
+- `FileIndex` ("files"): one sample per `.npy` file. Per sample it holds the
+  file's path (in a compact `PathTable`), its data offset, its shape and its
+  memory order, in flat numpy arrays: about 60 bytes a sample, not one Python
+  object per sample.
+- `RowIndex` ("rows"): samples are the rows (axis 0) of one or more files,
+  concatenated into one virtual array. It holds a few numbers per *file*;
+  the location of any row is computed, so its size does not grow with rows.
+
+Both answer the same questions (`num_samples`, `sample_shapes(ids)`,
+`locate(ids)`), so the stages after this one do not care which they hold.
+`build_index` resolves `x` (one source, or a dict of them for multi-input
+models) and `y` into a `DatasetIndex`. Nothing here reads sample data.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from keras_npy import labels as labels_lib
+from keras_npy import sources
+from keras_npy.header import NpyHeader, read_header
+
+LAYOUTS = ("auto", "files", "rows")
+# Headers are read in chunks. The first chunk is read in this thread and
+# timed: from the page cache a header costs ~20 us of mostly Python work,
+# which threads only slow down (the GIL); from a cold disk or a network file
+# system it costs far more, waiting that threads overlap.
+_CHUNK = 1024
+_THREADED_ABOVE_SECONDS_PER_FILE = 60e-6
+_MAX_THREADS = 16
+_PROGRESS_AFTER_SECONDS = 2.0
+
+
+class FileIndex:
+    """Layout "files": sample `i` is the whole of file `i`.
+
+    Attributes:
+        layout: `"files"`.
+        paths: a `sources.PathTable`, one path per sample.
+        dtype: the stored dtype, the same for every file.
+        shapes: `int64` array of shape `(num_samples, sample_ndim)`.
+        data_offsets: `uint32` array, where each file's data starts.
+        fortran_order: `bool` array, whether each file is in Fortran order.
+    """
+
+    layout = "files"
+
+    def __init__(self, paths: sources.PathTable, dtype: np.dtype, shapes: np.ndarray,
+                 data_offsets: np.ndarray, fortran_order: np.ndarray):
+        self.paths, self.dtype, self.shapes = paths, dtype, shapes
+        self.data_offsets, self.fortran_order = data_offsets, fortran_order
+
+    @classmethod
+    def from_headers(cls, paths: sources.PathTable,
+                     headers: Iterable[NpyHeader]) -> "FileIndex":
+        """Builds the index from the headers of `paths`, in order, checking that
+        every file has the dtype and number of dimensions of the first."""
+        shapes, offsets, fortran = array.array("q"), array.array("I"), bytearray()
+        first = None
+        for header in headers:
+            first = first or header
+            _check_same_dtype(header, first)
+            if len(header.shape) != len(first.shape):
+                raise ValueError(
+                    f"{header.path}: expected a sample of {len(first.shape)} dimensions "
+                    f"like {first.path} (shape {first.shape}), found shape {header.shape}.")
+            shapes.extend(header.shape)
+            offsets.append(header.data_offset)
+            fortran.append(header.fortran_order)
+        ndim = len(first.shape)
+        return cls(paths, first.dtype,
+                   np.frombuffer(shapes, np.int64).reshape(len(paths), ndim).copy(),
+                   np.frombuffer(offsets, np.uint32).copy(),
+                   np.frombuffer(bytes(fortran), np.bool_))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.paths)
+
+    @property
+    def sample_ndim(self) -> int:
+        return self.shapes.shape[1]
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of a sample, `None` on axes where samples differ."""
+        if not self.num_samples:
+            return (None,) * self.sample_ndim
+        fixed = (self.shapes == self.shapes[0]).all(axis=0)
+        return tuple(int(d) if f else None for d, f in zip(self.shapes[0], fixed))
+
+    def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
+        """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""
+        return self.shapes[ids]
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(file_ids, byte_offsets)` of the samples `ids`."""
+        ids = np.asarray(ids, np.int64)
+        return ids, self.data_offsets[ids].astype(np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's arrays, in bytes."""
+        return (self.paths.nbytes + self.shapes.nbytes + self.data_offsets.nbytes
+                + self.fortran_order.nbytes)
+
+    def __repr__(self) -> str:
+        return (f"FileIndex({self.num_samples} samples of shape {self.sample_shape} "
+                f"and dtype {self.dtype})")
+
+
+class RowIndex:
+    """Layout "rows": the files' rows, concatenated, are the samples.
+
+    Attributes:
+        layout: `"rows"`.
+        paths: a `sources.PathTable`, one path per file.
+        dtype: the stored dtype, the same for every file.
+        row_shape: the shape of one row (a sample), the same for every file.
+        data_offsets: `int64` array, where each file's data starts.
+        row_starts: `int64` array of `num_files + 1`: file `f` holds samples
+            `row_starts[f]` to `row_starts[f + 1] - 1`.
+        fortran_order: `bool` array, whether each file is in Fortran order.
+    """
+
+    layout = "rows"
+
+    def __init__(self, paths: sources.PathTable, dtype: np.dtype, row_shape: tuple[int, ...],
+                 data_offsets: np.ndarray, row_starts: np.ndarray, fortran_order: np.ndarray):
+        self.paths, self.dtype, self.row_shape = paths, dtype, row_shape
+        self.data_offsets, self.row_starts = data_offsets, row_starts
+        self.fortran_order = fortran_order
+
+    @classmethod
+    def from_headers(cls, paths: sources.PathTable,
+                     headers: Iterable[NpyHeader]) -> "RowIndex":
+        """Builds the index from the headers of `paths`, in order, checking that
+        every file has rows of the dtype and shape of the first file's."""
+        headers = list(headers)
+        first = headers[0]
+        for header in headers:
+            if not header.shape:
+                raise ValueError(f"{header.path}: expected an array whose rows are samples, "
+                                 "found a 0-dimensional array.")
+            _check_same_dtype(header, first)
+            if header.shape[1:] != first.shape[1:]:
+                raise ValueError(
+                    f"{header.path}: expected rows of shape {first.shape[1:]} like "
+                    f"{first.path}, found rows of shape {header.shape[1:]}.")
+        rows = [h.shape[0] for h in headers]
+        return cls(paths, first.dtype, first.shape[1:],
+                   np.array([h.data_offset for h in headers], np.int64),
+                   np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]),
+                   np.array([h.fortran_order for h in headers], np.bool_))
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.row_starts[-1])
+
+    @property
+    def num_rows(self) -> np.ndarray:
+        """`int64` array: the number of rows of each file."""
+        return np.diff(self.row_starts)
+
+    @property
+    def sample_ndim(self) -> int:
+        return len(self.row_shape)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.row_shape
+
+    @property
+    def row_nbytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
+        """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""
+        return np.broadcast_to(np.array(self.row_shape, np.int64),
+                               (len(ids), self.sample_ndim))
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(file_ids, byte_offsets)` of the samples `ids` (row starts; for a
+        Fortran-order file a row is not contiguous, see `fortran_order`)."""
+        ids = np.asarray(ids, np.int64)
+        file_ids = np.searchsorted(self.row_starts, ids, side="right") - 1
+        rows = ids - self.row_starts[file_ids]
+        return file_ids, self.data_offsets[file_ids] + rows * self.row_nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's arrays, in bytes."""
+        return (self.paths.nbytes + self.data_offsets.nbytes + self.row_starts.nbytes
+                + self.fortran_order.nbytes)
+
+    def __repr__(self) -> str:
+        files = len(self.paths)
+        return (f"RowIndex({self.num_samples} rows of shape {self.row_shape} and dtype "
+                f"{self.dtype} in {files} file{'s' * (files != 1)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetIndex:
+    """Everything known about a data set before reading it.
+
+    Attributes:
+        x: a `FileIndex` or `RowIndex`, or a dict of them (multi-input), all
+            with the same number of samples.
+        y: `None`; an array with one label per sample (labels inferred from
+            folders, or given); or a `FileIndex`/`RowIndex` of targets.
+        class_names: the class names in label order, when labels are classes.
+    """
+
+    x: FileIndex | RowIndex | dict[str, FileIndex | RowIndex]
+    y: np.ndarray | FileIndex | RowIndex | None = None
+    class_names: list[str] | None = None
+
+    @property
+    def inputs(self) -> dict[str, FileIndex | RowIndex]:
+        """`x` as a dict (a single input is named `"x"`)."""
+        return self.x if isinstance(self.x, dict) else {"x": self.x}
+
+    @property
+    def num_samples(self) -> int:
+        return next(iter(self.inputs.values())).num_samples
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's arrays, in bytes (labels included)."""
+        return sum(i.nbytes for i in self.inputs.values()) + (
+            0 if self.y is None else self.y.nbytes)
+
+
+def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | None = None,
+                label_mode: str | None = "int", follow_links: bool = False,
+                verbose: bool = True) -> DatasetIndex:
+    """Indexes `x` and `y` from their `.npy` headers, reading no sample data.
+
+    Args:
+        x: a directory, glob, `.npy` path, or list of these; or a dict from
+            input name to such a source, for a multi-input model.
+        y: `None`; `"inferred"` (the class is the folder under a directory
+            of `x`, or the folder that holds a file named by a glob or path);
+            an array-like of one label per sample; `.npy` path(s) whose rows
+            are the labels; or a directory or glob of per-sample target files,
+            matched to the files of `x` by path relative to their roots (with
+            `x` in the rows layout, a directory or glob of `y` is read as rows).
+            Defaults to `None`.
+        layout: `"files"` (one sample per file), `"rows"` (the rows of the
+            files, concatenated, are the samples) or `"auto"`: rows for a
+            single file path, files otherwise. Defaults to `"auto"`.
+        class_names: with `y="inferred"`, the class folders in label order;
+            every folder must be listed. Defaults to the sorted folder names.
+        label_mode: `"int"`, `"categorical"`, `"binary"` (exactly 2 classes)
+            or `None`; checked here, applied when batches are read. Defaults
+            to `"int"`.
+        follow_links: whether directory walks enter links to folders.
+            Defaults to `False`.
+        verbose: whether a progress bar is shown while headers are read, when
+            that takes more than two seconds. Defaults to `True`.
+
+    Returns:
+        A `DatasetIndex`.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument has a wrong value, or a file is malformed or
+            disagrees with another (the message names both files).
+
+    Example:
+
+    >>> import tempfile, numpy as np
+    >>> root = tempfile.mkdtemp()
+    >>> np.save(f"{root}/x.npy", np.zeros((100, 8), "float32"))
+    >>> index = build_index(f"{root}/x.npy", y=np.arange(100))
+    >>> index.x.layout, index.num_samples, index.x.sample_shape
+    ('rows', 100, (8,))
+    """
+    check_layout(layout)
+    class_names = labels_lib.check_class_names(class_names)
+    labels_lib.check_label_mode(label_mode, class_names)
+    if class_names is not None and not _is_inferred(y):
+        raise ValueError('You can only pass `class_names` if `y="inferred"`. '
+                         f"Received: y={_short(y)}, and class_names={class_names}")
+    options = dict(layout=layout, follow_links=follow_links, verbose=verbose)
+    x_index = _index_inputs(x, options)
+    y_index, class_names = _index_targets(y, x_index, class_names, options)
+    labels_lib.check_label_mode(label_mode, class_names)
+    return DatasetIndex(x_index, y_index, class_names)
+
+
+def index_source(source, *, layout: str = "auto", follow_links: bool = False,
+                 verbose: bool = True, name: str = "x") -> FileIndex | RowIndex:
+    """Indexes one source (see `build_index`) in the given layout."""
+    paths = sources.find_files(source, follow_links=follow_links, name=name)
+    if resolve_layout(layout, source) == "rows":
+        return RowIndex.from_headers(paths, iter_headers(paths, verbose=verbose))
+    return FileIndex.from_headers(paths, iter_headers(paths, verbose=verbose))
+
+
+def check_layout(layout) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError('`layout` must be one of "auto", "files" or "rows". '
+                         f"Received: layout={layout!r}")
+    return layout
+
+
+def resolve_layout(layout: str, source) -> str:
+    """`"auto"` is "rows" for a single path to a file, "files" otherwise."""
+    if layout != "auto":
+        return layout
+    single_file = isinstance(source, (str, os.PathLike)) and os.path.isfile(source)
+    return "rows" if single_file else "files"
+
+
+def iter_headers(paths: Sequence[str], *, verbose: bool = True) -> Iterator[NpyHeader]:
+    """Yields the header of each path, in order, reading many at once when the
+    files are slow to open (a cold disk, a network file system)."""
+    progress = _Progress(len(paths), verbose)
+    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
+    started = time.perf_counter()
+    for chunk in chunks[:1]:
+        yield from _read_chunk(paths, chunk)
+        progress.add(len(chunk))
+    per_file = (time.perf_counter() - started) / max(1, min(len(paths), _CHUNK))
+    if per_file < _THREADED_ABOVE_SECONDS_PER_FILE or len(chunks) < 2:
+        for chunk in chunks[1:]:
+            yield from _read_chunk(paths, chunk)
+            progress.add(len(chunk))
+        return
+    pool = ThreadPoolExecutor(min(_MAX_THREADS, len(chunks) - 1))
+    try:
+        for headers in pool.map(lambda c: _read_chunk(paths, c), chunks[1:]):
+            yield from headers
+            progress.add(len(headers))
+    finally:  # on an error, do not wait for the chunks still queued
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_chunk(paths: Sequence[str], chunk: range) -> list[NpyHeader]:
+    return [read_header(paths[i]) for i in chunk]
+
+
+class _Progress:
+    """A `keras.utils.Progbar` that appears only once the work has taken
+    `_PROGRESS_AFTER_SECONDS` (Keras is imported only then)."""
+
+    def __init__(self, total: int, verbose: bool):
+        self.total, self.verbose, self.done = total, verbose, 0
+        self.started, self.bar = time.perf_counter(), None
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.bar is None and self.verbose and (
+                time.perf_counter() - self.started > _PROGRESS_AFTER_SECONDS):
+            import keras
+
+            self.bar = keras.utils.Progbar(self.total, unit_name="file")
+        if self.bar is not None:
+            self.bar.update(self.done)
+
+
+def _check_same_dtype(header: NpyHeader, first: NpyHeader) -> None:
+    if header.dtype != first.dtype:
+        raise ValueError(f"{header.path}: expected dtype {first.dtype} like {first.path}, "
+                         f"found {header.dtype}.")
+
+
+def _index_inputs(x, options: dict) -> FileIndex | RowIndex | dict:
+    if not isinstance(x, dict):
+        return index_source(x, name="x", **options)
+    if not x or not all(isinstance(k, str) for k in x):
+        raise ValueError("A dict `x` must map input names (strings) to sources, and name "
+                         f"at least one input. Received: x={_short(x)}")
+    inputs = {k: index_source(v, name=f"x[{k!r}]", **options) for k, v in x.items()}
+    names = list(inputs)
+    for k in names[1:]:
+        if inputs[k].num_samples != inputs[names[0]].num_samples:
+            raise ValueError(
+                f"Every input of `x` must have the same number of samples: expected "
+                f"{inputs[names[0]].num_samples} like x[{names[0]!r}] "
+                f"({inputs[names[0]].paths[0]}), found {inputs[k].num_samples} in "
+                f"x[{k!r}] ({inputs[k].paths[0]}).")
+    return inputs
+
+
+def _index_targets(y, x_index, class_names, options: dict):
+    """Returns `(y as labels or an index, class_names)`."""
+    first = x_index if not isinstance(x_index, dict) else next(iter(x_index.values()))
+    if y is None:
+        return None, None
+    if _is_inferred(y):
+        return _infer_labels(x_index, class_names)
+    if isinstance(y, (str, os.PathLike)) or (
+            isinstance(y, (list, tuple)) and y and all(
+                isinstance(e, (str, os.PathLike)) for e in y)):
+        return _index_target_files(y, first, options), None
+    if isinstance(y, dict):
+        raise TypeError("`y` must be None, \"inferred\", labels, or .npy path(s); "
+                        f"multi-output dicts are not supported. Received: y={_short(y)}")
+    return labels_lib.check_label_array(y, first.num_samples), None
+
+
+def _infer_labels(x_index, class_names):
+    inputs = x_index if isinstance(x_index, dict) else {"x": x_index}
+    results = {}
+    for name, index in inputs.items():
+        if index.layout != "files":
+            raise ValueError('`y="inferred"` takes the class of each sample from its '
+                             "folder, so `x` must be in the files layout; found layout "
+                             f"\"rows\" for {name} ({index.paths[0]}).")
+        results[name] = labels_lib.infer_classes(index.paths, class_names)
+    (first_name, (labels, names)), *others = results.items()
+    for name, (other_labels, other_names) in others:
+        if other_names != names or not np.array_equal(other_labels, labels):
+            raise ValueError(f"With a dict `x` and y=\"inferred\", every input must have the "
+                             f"same classes in the same order; {name} disagrees with "
+                             f"{first_name}.")
+    return labels, names
+
+
+def _index_target_files(y, first: FileIndex | RowIndex, options: dict):
+    """Targets in `.npy` files: rows aligned with `x`, or one file per file of `x`."""
+    per_sample = first.layout == "files" and not sources.is_file_list(y)
+    if per_sample:
+        return _index_per_sample_targets(y, first, options)
+    targets = index_source(y, name="y", **{**options, "layout": "rows"})
+    _check_rows_align(first, targets)
+    return targets
+
+
+def _check_rows_align(x_index: FileIndex | RowIndex, y_index: RowIndex) -> None:
+    if y_index.num_samples == x_index.num_samples:
+        return
+    if x_index.layout == "rows" and len(x_index.paths) == len(y_index.paths):
+        for f, (nx, ny) in enumerate(zip(x_index.num_rows, y_index.num_rows)):
+            if nx != ny:
+                raise ValueError(f"{y_index.paths[f]}: expected {nx} rows, one per row of "
+                                 f"{x_index.paths[f]}, found {ny}.")
+    raise ValueError(
+        f"`y` must have one row per sample of `x`: expected {x_index.num_samples} rows "
+        f"(the samples of {_describe(x_index.paths)}), found {y_index.num_samples} "
+        f"(in {_describe(y_index.paths)}).")
+
+
+def _index_per_sample_targets(y, x_index: FileIndex, options: dict) -> FileIndex:
+    found = sources.find_files(y, follow_links=options["follow_links"], name="y")
+    by_relpath = {}
+    for i in range(len(found)):
+        by_relpath.setdefault(found.relpath(i), i)
+    order = np.empty(x_index.num_samples, np.int64)
+    for i in range(x_index.num_samples):
+        relpath = x_index.paths.relpath(i)
+        match = by_relpath.get(relpath)
+        if match is None:
+            expected = os.path.join(found.roots[0], relpath)
+            raise ValueError(f"{x_index.paths[i]}: expected a target file {expected} in "
+                             "`y`, found none.")
+        order[i] = match
+    paths = found.take(order)
+    return FileIndex.from_headers(paths, iter_headers(paths, verbose=options["verbose"]))
+
+
+def _describe(paths: sources.PathTable) -> str:
+    more = f" and {len(paths) - 1} more files" if len(paths) > 1 else ""
+    return f"{paths[0]}{more}"
+
+
+def _is_inferred(y) -> bool:
+    return isinstance(y, str) and y == "inferred"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

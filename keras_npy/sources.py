@@ -1,0 +1,214 @@
+"""Finding the `.npy` files a user names: directories, globs, paths and lists.
+
+A source is what the user passes as `x` or `y`: a directory (walked
+recursively in sorted order), a glob pattern, a path to one `.npy` file, or a
+list of these. The result is a `PathTable`: the files in a fixed order, each
+with the root it was found under, held compactly (one bytes buffer and offset
+arrays, not one Python string per file) so that a million files cost tens of
+megabytes, not hundreds.
+"""
+
+from __future__ import annotations
+
+import array
+import glob
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+# How each file was named: under a directory, matched by a glob, or given.
+DIRECTORY, GLOB, FILE = "directory", "glob", "file"
+
+
+class PathTable(Sequence):
+    """An immutable, compact sequence of file paths.
+
+    Each path is `os.path.join(roots[root_ids[i]], relpath(i))`; relative
+    paths are stored as file-system bytes in one buffer.
+
+    Attributes:
+        roots: the roots, one per source entry (a directory, a glob's fixed
+            prefix, or a file's folder).
+        kinds: for each root, `"directory"`, `"glob"` or `"file"`.
+        root_ids: `int32` array, the root of each path.
+    """
+
+    def __init__(self, roots: list[str], kinds: list[str], root_ids: np.ndarray,
+                 buffer: np.ndarray, offsets: np.ndarray):
+        self.roots, self.kinds = roots, kinds
+        self.root_ids, self._buffer, self._offsets = root_ids, buffer, offsets
+
+    def __len__(self) -> int:
+        return len(self.root_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return os.path.join(self.roots[self.root_ids[i]], self.relpath(i))
+
+    def relpath(self, i: int) -> str:
+        """The path of file `i` relative to its root."""
+        start, stop = self._offsets[i], self._offsets[i + 1]
+        return os.fsdecode(self._buffer[start:stop].tobytes())
+
+    def take(self, indices: np.ndarray) -> "PathTable":
+        """A table of the paths at `indices`, in that order."""
+        builder = PathTableBuilder(self.roots, self.kinds)
+        for i in indices:
+            builder.append(int(self.root_ids[i]), self.relpath(i))
+        return builder.build()
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the table's arrays, in bytes."""
+        return self.root_ids.nbytes + self._buffer.nbytes + self._offsets.nbytes
+
+    def __getstate__(self):
+        return self.__dict__  # arrays and short lists only: pickles small
+
+    def __repr__(self) -> str:
+        return f"PathTable({len(self)} files under {len(self.roots)} roots)"
+
+
+class PathTableBuilder:
+    """Accumulates paths in compact arrays; `build()` returns a `PathTable`."""
+
+    def __init__(self, roots: list[str] | None = None, kinds: list[str] | None = None):
+        self.roots, self.kinds = list(roots or []), list(kinds or [])
+        self._root_ids = array.array("i")
+        self._buffer = bytearray()
+        self._offsets = array.array("q", [0])
+
+    def add_root(self, root: str, kind: str) -> int:
+        self.roots.append(root)
+        self.kinds.append(kind)
+        return len(self.roots) - 1
+
+    def append(self, root_id: int, relpath: str) -> None:
+        self._root_ids.append(root_id)
+        self._buffer += os.fsencode(relpath)
+        self._offsets.append(len(self._buffer))
+
+    def __len__(self) -> int:
+        return len(self._root_ids)
+
+    def build(self) -> PathTable:
+        return PathTable(self.roots, self.kinds,
+                         np.frombuffer(self._root_ids, np.int32).copy(),
+                         np.frombuffer(bytes(self._buffer), np.uint8),
+                         np.frombuffer(self._offsets, np.int64).copy())
+
+
+def find_files(source, *, follow_links: bool = False, name: str = "x") -> PathTable:
+    """Lists the files of a source in a fixed, sorted order.
+
+    Args:
+        source: a directory, a glob pattern, a path to a file, or a list of
+            these. Directories are walked recursively; their `.npy` files
+            (any letter case) are listed sorted by path components (so
+            `a/0.npy` comes before `a.npy`), skipping hidden
+            folders (names starting with "."). A glob lists every file it
+            matches, sorted. List entries keep their order.
+        follow_links: whether the walk of a directory enters symbolic links to
+            folders. Defaults to `False`. Link cycles are entered once.
+        name: the argument's name, for error messages. Defaults to `"x"`.
+
+    Returns:
+        A `PathTable`.
+
+    Raises:
+        TypeError: `source` is not a path or a list of paths.
+        ValueError: a path does not exist, or a directory or glob has no file.
+    """
+    builder = PathTableBuilder()
+    for entry in _entries(source, name):
+        kind, root, relpaths = _resolve(entry, follow_links, name)
+        root_id = builder.add_root(root, kind)
+        count = len(builder)
+        for relpath in relpaths:
+            builder.append(root_id, relpath)
+        if len(builder) == count:
+            what = "no .npy files" if kind == DIRECTORY else "no files"
+            raise ValueError(f"`{name}` names {entry!r}, which has {what}.")
+    return builder.build()
+
+
+def is_file_list(source) -> bool:
+    """Whether a source names files only (one path, or a list of paths), no
+    directory or glob."""
+    entries = source if isinstance(source, (list, tuple)) else [source]
+    return all(isinstance(e, (str, os.PathLike)) and os.path.isfile(e) for e in entries)
+
+
+def _entries(source, name: str) -> list[str]:
+    entries = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not entries:
+        raise ValueError(f"`{name}` must name at least one file, directory or glob. "
+                         f"Received: {name}={source!r}")
+    for entry in entries:
+        if not isinstance(entry, (str, os.PathLike)):
+            raise TypeError(f"`{name}` must be a path, a glob, or a list of these. "
+                            f"Received: {name}={source!r} (an entry of type "
+                            f"{type(entry).__name__})")
+    return [os.fspath(e) for e in entries]
+
+
+def _resolve(entry: str, follow_links: bool, name: str) -> tuple[str, str, Iterator[str]]:
+    """Returns `(kind, root, relative paths)` for one entry."""
+    if os.path.isdir(entry):
+        return DIRECTORY, entry, _walk(entry, follow_links)
+    if os.path.isfile(entry):
+        return FILE, os.path.dirname(entry), iter([os.path.basename(entry)])
+    if glob.has_magic(entry):
+        root = _glob_root(entry)
+        matches = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        return GLOB, root, (os.path.relpath(p, root) for p in matches)
+    raise ValueError(f"`{name}` must name existing files, directories or globs; "
+                     f"{entry!r} does not exist.")
+
+
+def _glob_root(pattern: str) -> str:
+    """The longest leading folder of a pattern that has no wildcard."""
+    parts = pattern.split(os.sep)
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or ("/" if pattern.startswith(os.sep) else ".")
+
+
+def _walk(root: str, follow_links: bool) -> Iterator[str]:
+    """Yields the `.npy` files under `root` as relative paths, in sorted order.
+
+    Entries of a folder are sorted by name and visited in that order, files
+    yielded and folders entered as they come: the order of the relative paths
+    sorted as tuples of components, with one folder's listing held at a time.
+    """
+    seen = set()
+
+    def listing(folder_path: str, prefix: str):
+        try:
+            stat = os.stat(folder_path)
+        except OSError:
+            return iter(())
+        if (stat.st_dev, stat.st_ino) in seen:  # a link cycle
+            return iter(())
+        seen.add((stat.st_dev, stat.st_ino))
+        with os.scandir(folder_path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        return ((prefix, e) for e in entries)
+
+    stack = [listing(root, "")]
+    while stack:
+        for prefix, entry in stack[-1]:
+            relpath = prefix + entry.name
+            if entry.is_dir(follow_symlinks=follow_links):
+                if not entry.name.startswith("."):
+                    stack.append(listing(entry.path, relpath + os.sep))
+                    break
+            elif entry.name.lower().endswith(".npy") and entry.is_file():
+                yield relpath
+        else:
+            stack.pop()
