@@ -1,0 +1,36 @@
+import os
+import re
+import subprocess
+import sys
+
+from keras_npy import demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_trains_on_files_it_wrote(tmp_path):
+    result = demo.run_demo(num_samples=400, epochs=4, directory=str(tmp_path), verbose=0)
+    assert result["num_samples"] == 400 and result["class_names"] == ["high", "low"]
+    assert len(os.listdir(tmp_path / "low")) == 200
+    assert result["accuracy"] > 0.6  # the classes' means differ by 0.75 standard deviations
+
+
+def test_demo_command(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "keras_npy", "demo", "--samples", "200",
+                           "--epochs", "1"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^Indexed 200 \.npy files in \['high', 'low'\] in [0-9.]+ s; trained 1 "
+                     r"epochs in [0-9.]+ s; final accuracy [0-9.]+\.$", done.stdout, re.M)
+
+
+def test_readme_quickstart_runs_and_prints_what_it_says(tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", readme, re.S).group(1)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = [re.search(r"# (.*)", line).group(1).split(";")[0]
+                for line in code.splitlines() if line.startswith("print(")]
+    assert done.stdout.splitlines() == expected
