@@ -41,10 +41,12 @@ was expected and what was found.
 from __future__ import annotations
 
 import ast
-import dataclasses
+import functools
+import math
 import os
 import re
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,10 +64,15 @@ _CANONICAL = re.compile(
     r"\{'descr': '([<>|=]?[a-zA-Z?][0-9]*)', 'fortran_order': (True|False), "
     r"'shape': \((|[0-9]{1,20},|[0-9]{1,20}(?:, [0-9]{1,20})+)\), \} *\n?\Z")
 _NUMERIC_KINDS = "biufc"
+# The descr strings NumPy writes for numeric dtypes, in both byte orders:
+# a look-up is ~20x faster than np.dtype(descr) and needs no checks after it.
+_NUMERIC_DTYPES = {
+    dtype.str: dtype
+    for code in "?bBhHiIlLqQefdgFDG"
+    for dtype in (np.dtype(code).newbyteorder("<"), np.dtype(code).newbyteorder(">"))}
 
 
-@dataclasses.dataclass(frozen=True)
-class NpyHeader:
+class NpyHeader(NamedTuple):
     """What the header of one `.npy` file says, checked against the file.
 
     Attributes:
@@ -87,7 +94,7 @@ class NpyHeader:
     @property
     def nbytes(self) -> int:
         """The number of data bytes the header claims."""
-        return _prod(self.shape) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # exact: Python ints
 
 
 def read_header(path: str | os.PathLike) -> NpyHeader:
@@ -119,7 +126,7 @@ def read_header(path: str | os.PathLike) -> NpyHeader:
     except OSError as e:
         raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
     try:
-        file_size = os.fstat(fd).st_size
+        file_size = os.lseek(fd, 0, os.SEEK_END)  # cheaper than fstat
         head = os.pread(fd, _FIRST_READ, 0)
         version, header_len, header_start = _parse_preamble(path, head)
         end = header_start + header_len
@@ -169,11 +176,10 @@ def _decode(path: str, raw: bytes, encoding: str) -> str:
 
 def _parse_header(path: str, text: str) -> tuple[np.dtype, bool, tuple[int, ...]]:
     """Returns `(dtype, fortran_order, shape)` from the header text, checked."""
-    match = _CANONICAL.match(text)
-    if match:
-        descr, fortran, dims = match.groups()
-        shape = tuple(int(d) for d in dims.split(",") if d.strip())
-        return _check_descr(path, descr), fortran == "True", shape
+    parsed = _parse_canonical(text)
+    if parsed is not None:
+        descr, fortran_order, shape = parsed
+        return _check_descr(path, descr), fortran_order, shape
     header = _literal(path, text)
     if not isinstance(header, dict):
         raise ValueError(f"{path}: expected the header to be a dict, found "
@@ -186,6 +192,17 @@ def _parse_header(path: str, text: str) -> tuple[np.dtype, bool, tuple[int, ...]
             _check_shape(path, header["shape"]))
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_canonical(text: str) -> tuple[str, bool, tuple[int, ...]] | None:
+    """`(descr, fortran_order, shape)` if the header is exactly what `np.save`
+    writes, else `None`. Memoized: files of one data set share few headers."""
+    match = _CANONICAL.match(text)
+    if match is None:
+        return None
+    descr, fortran, dims = match.groups()
+    return descr, fortran == "True", tuple(int(d) for d in dims.split(",") if d.strip())
+
+
 def _literal(path: str, text: str) -> object:
     """Parses a Python literal; no name is looked up and no code is run."""
     try:
@@ -196,6 +213,8 @@ def _literal(path: str, text: str) -> object:
 
 
 def _check_descr(path: str, descr: object) -> np.dtype:
+    if isinstance(descr, str) and descr in _NUMERIC_DTYPES:
+        return _NUMERIC_DTYPES[descr]
     if not isinstance(descr, str):
         kind = "structured dtype" if isinstance(descr, list) else type(descr).__name__
         raise ValueError(f"{path}: expected a numeric dtype, found a {kind} "
@@ -236,14 +255,6 @@ def _check_file_size(header: NpyHeader, file_size: int) -> None:
         raise ValueError(
             f"{header.path}: expected {header.nbytes} data bytes for shape "
             f"{header.shape} of dtype {header.dtype}, found {found}; {problem}.")
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    """Exact product in Python ints (a numpy product could overflow)."""
-    result = 1
-    for d in shape:
-        result *= d
-    return result
 
 
 def _clip(text: str, limit: int = 80) -> str:

@@ -25,7 +25,8 @@ class PathTable(Sequence):
     """An immutable, compact sequence of file paths.
 
     Each path is `os.path.join(roots[root_ids[i]], relpath(i))`; relative
-    paths are stored as file-system bytes in one buffer.
+    paths are stored as file-system bytes in one `bytes` buffer, with their
+    end offsets in an `int64` array.
 
     Attributes:
         roots: the roots, one per source entry (a directory, a glob's fixed
@@ -35,9 +36,10 @@ class PathTable(Sequence):
     """
 
     def __init__(self, roots: list[str], kinds: list[str], root_ids: np.ndarray,
-                 buffer: np.ndarray, offsets: np.ndarray):
+                 buffer: bytes, offsets: np.ndarray):
         self.roots, self.kinds = roots, kinds
         self.root_ids, self._buffer, self._offsets = root_ids, buffer, offsets
+        self._prefixes = [os.path.join(root, "") for root in roots]
 
     def __len__(self) -> int:
         return len(self.root_ids)
@@ -45,12 +47,12 @@ class PathTable(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return os.path.join(self.roots[self.root_ids[i]], self.relpath(i))
+        return self._prefixes[self.root_ids[i]] + self.relpath(i)
 
     def relpath(self, i: int) -> str:
         """The path of file `i` relative to its root."""
         start, stop = self._offsets[i], self._offsets[i + 1]
-        return os.fsdecode(self._buffer[start:stop].tobytes())
+        return os.fsdecode(self._buffer[start:stop])
 
     def take(self, indices: np.ndarray) -> "PathTable":
         """A table of the paths at `indices`, in that order."""
@@ -62,10 +64,7 @@ class PathTable(Sequence):
     @property
     def nbytes(self) -> int:
         """Memory held by the table's arrays, in bytes."""
-        return self.root_ids.nbytes + self._buffer.nbytes + self._offsets.nbytes
-
-    def __getstate__(self):
-        return self.__dict__  # arrays and short lists only: pickles small
+        return self.root_ids.nbytes + len(self._buffer) + self._offsets.nbytes
 
     def __repr__(self) -> str:
         return f"PathTable({len(self)} files under {len(self.roots)} roots)"
@@ -96,7 +95,7 @@ class PathTableBuilder:
     def build(self) -> PathTable:
         return PathTable(self.roots, self.kinds,
                          np.frombuffer(self._root_ids, np.int32).copy(),
-                         np.frombuffer(bytes(self._buffer), np.uint8),
+                         bytes(self._buffer),
                          np.frombuffer(self._offsets, np.int64).copy())
 
 
