@@ -69,7 +69,7 @@ _NUMERIC_KINDS = "biufc"
 _NUMERIC_DTYPES = {
     dtype.str: dtype
     for code in "?bBhHiIlLqQefdgFDG"
-    for dtype in (np.dtype(code).newbyteorder("<"), np.dtype(code).newbyteorder(">"))}
+    for dtype in (np.dtype(code), np.dtype(code).newbyteorder("S"))}
 
 
 class NpyHeader(NamedTuple):

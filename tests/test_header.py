@@ -47,7 +47,7 @@ def test_round_trip_matches_np_load(tmp_path, dtype, byteorder, layout, version)
     header = read_header(path)
     expected = np.load(path)
     assert header.version == version
-    assert header.dtype == expected.dtype
+    assert header.dtype == expected.dtype and str(header.dtype) == str(expected.dtype)
     assert header.shape == expected.shape
     assert header.fortran_order == (layout == "F")
     assert header.data_offset % 64 == 0
