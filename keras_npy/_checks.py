@@ -1,0 +1,87 @@
+"""Argument checks shared by both front ends, so that the same bad argument
+gives the same message everywhere. Messages follow Keras' where Keras has
+the same argument."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+PADDING_SIDES = ("pre", "post")
+
+
+def check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or (
+            batch_size < 1):
+        raise ValueError("`batch_size` must be a positive integer. "
+                         f"Received: batch_size={batch_size!r}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+
+
+def check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(
+            seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"`seed` must be None or a non-negative integer. Received: seed={seed!r}")
+
+
+def check_validation_split(validation_split, subset, shuffle, seed, allow_both: bool) -> None:
+    """Keras' `check_validation_split_arg`, with "both" only where it is allowed."""
+    if validation_split is not None and (
+            isinstance(validation_split, bool)
+            or not isinstance(validation_split, numbers.Real)
+            or not 0 < validation_split < 1):
+        raise ValueError("`validation_split` must be between 0 and 1, "
+                         f"received: {validation_split}")
+    subsets = ("training", "validation", "both") if allow_both else ("training", "validation")
+    if subset not in (*subsets, None):
+        names = '"training" or "validation"' if not allow_both else (
+            '"training", "validation" or "both"')
+        raise ValueError(f"`subset` must be either {names}, received: {subset}")
+    if (validation_split or subset) and not (validation_split and subset):
+        raise ValueError("If `subset` is set, `validation_split` must be set, and inversely.")
+    if validation_split and shuffle and seed is None:
+        raise ValueError("If using `validation_split` and shuffling the data, you must provide "
+                         "a `seed` argument, to make sure that there is no overlap between the "
+                         "training and validation subset.")
+
+
+def check_shards(num_shards, shard_index) -> None:
+    if isinstance(num_shards, bool) or not isinstance(num_shards, numbers.Integral) or (
+            num_shards < 1):
+        raise ValueError("`num_shards` must be a positive integer. "
+                         f"Received: num_shards={num_shards!r}")
+    if isinstance(shard_index, bool) or not isinstance(shard_index, numbers.Integral) or not (
+            0 <= shard_index < num_shards):
+        raise ValueError(f"`shard_index` must be an integer in [0, {num_shards}), "
+                         f"num_shards being {num_shards}. Received: shard_index={shard_index!r}")
+
+
+def check_bucket_boundaries(boundaries) -> None:
+    if boundaries is None:
+        return
+    values = list(boundaries) if isinstance(boundaries, (list, tuple)) else None
+    if not values or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool)
+                             and b > 0 for b in values) or any(
+            a >= b for a, b in zip(values, values[1:])):
+        raise ValueError("`bucket_boundaries` must be a non-empty list of strictly increasing "
+                         f"positive integers. Received: bucket_boundaries={boundaries!r}")
+
+
+def check_padding_side(name: str, value) -> None:
+    if value not in PADDING_SIDES:
+        raise ValueError(f'`{name}` must be "pre" or "post". Received: {name}={value!r}')
+
+
+def check_workers(workers, use_multiprocessing, max_queue_size) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 0:
+        raise ValueError(f"`workers` must be a non-negative integer. Received: workers={workers!r}")
+    check_bool("use_multiprocessing", use_multiprocessing)
+    if isinstance(max_queue_size, bool) or not isinstance(max_queue_size, numbers.Integral) or (
+            max_queue_size < 1):
+        raise ValueError("`max_queue_size` must be a positive integer. "
+                         f"Received: max_queue_size={max_queue_size!r}")
