@@ -1,0 +1,323 @@
+"""Reading one batch into numpy: few system calls, one buffer, then padding.
+
+Rows of a batch (layout "rows") are sorted by position and each run of
+adjacent rows is read by a single `os.preadv` straight into the batch
+buffer, scattering the rows to their places in batch order (so a sequential
+batch is one system call and no copy). Per-sample files are read whole, each
+with one `preadv` into its slot. Data that cannot go straight into its slot
+(non-native byte order, Fortran order, a shape that is padded or truncated)
+is read into a scratch array first and copied in with numpy's conversion.
+
+Padding (see `Padding`) makes samples of different shapes stack: every
+padded position holds `pad_value`, and data keep their dtype.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import threading
+
+import numpy as np
+
+from keras_npy import _checks
+from keras_npy.index import FileIndex, RowIndex
+
+_IOV_MAX = 1024  # Linux's limit on buffers per preadv call
+
+
+class Padding:
+    """How samples of one input are brought to one shape per batch.
+
+    Args:
+        pad_to: `None` (samples must agree in shape), `"longest"` (every axis
+            to the batch's largest), an int (the first axis to that length,
+            padded or truncated), or a tuple of the whole sample shape with
+            `None` for an axis left as it is.
+        pad_to_multiple_of: with `"longest"`, round padded lengths up to a
+            multiple of this. `None` for no rounding.
+        padding: `"pre"` or `"post"`: pad before or after the data.
+        truncating: `"pre"` or `"post"`: drop from the start or the end.
+        pad_value: the value of padded positions.
+    """
+
+    def __init__(self, pad_to=None, pad_to_multiple_of=None, padding="post",
+                 truncating="post", pad_value=0):
+        check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
+        self.pad_to, self.pad_to_multiple_of = pad_to, pad_to_multiple_of
+        self.padding, self.truncating, self.pad_value = padding, truncating, pad_value
+
+    def axes(self, ndim: int, name: str) -> list:
+        """Per axis: `None` (kept), `"longest"`, or a fixed length."""
+        if self.pad_to is None:
+            return [None] * ndim
+        if self.pad_to == "longest":
+            return ["longest"] * ndim
+        if isinstance(self.pad_to, numbers.Integral):
+            if ndim == 0:
+                raise ValueError(f"`pad_to` is an int, so samples need a first axis to pad; "
+                                 f"{name} has scalar samples. Received: pad_to={self.pad_to}")
+            return [int(self.pad_to)] + [None] * (ndim - 1)
+        if len(self.pad_to) != ndim:
+            raise ValueError(f"`pad_to` must have one entry per axis of a sample of {name}, "
+                             f"which has {ndim}. Received: pad_to={self.pad_to}")
+        return list(self.pad_to)
+
+    def target_shape(self, axes: list, shapes: np.ndarray) -> tuple[int, ...]:
+        """The shape every sample of a batch is brought to."""
+        target = []
+        for axis, spec in enumerate(axes):
+            if spec is None:
+                target.append(int(shapes[0, axis]) if len(shapes) else 0)
+            elif spec == "longest":
+                longest = int(shapes[:, axis].max()) if len(shapes) else 0
+                multiple = self.pad_to_multiple_of or 1
+                target.append(-(-longest // multiple) * multiple)
+            else:
+                target.append(spec)
+        return tuple(target)
+
+    def placement(self, shape: tuple[int, ...], target: tuple[int, ...]):
+        """`(source slices, destination slices)` that put a sample of `shape`
+        into a slot of `target`, truncating and padding as asked."""
+        source, destination = [], []
+        for length, size in zip(shape, target):
+            if length >= size:
+                start = length - size if self.truncating == "pre" else 0
+                source.append(slice(start, start + size))
+                destination.append(slice(0, size))
+            else:
+                start = size - length if self.padding == "pre" else 0
+                source.append(slice(0, length))
+                destination.append(slice(start, start + length))
+        return tuple(source), tuple(destination)
+
+
+def check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value) -> None:
+    """Checks the padding arguments (shared by both front ends)."""
+    fixed = isinstance(pad_to, numbers.Integral) and not isinstance(pad_to, bool) and pad_to >= 0
+    shape = isinstance(pad_to, tuple) and all(
+        d is None or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0)
+        for d in pad_to)
+    if not (pad_to is None or pad_to == "longest" or fixed or shape):
+        raise ValueError('`pad_to` must be None, "longest", a non-negative int, or a tuple of '
+                         f"non-negative ints and None. Received: pad_to={pad_to!r}")
+    if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool)
+            or not isinstance(pad_to_multiple_of, numbers.Integral) or pad_to_multiple_of < 1):
+        raise ValueError("`pad_to_multiple_of` must be None or a positive integer. "
+                         f"Received: pad_to_multiple_of={pad_to_multiple_of!r}")
+    if pad_to_multiple_of is not None and pad_to != "longest":
+        raise ValueError('`pad_to_multiple_of` rounds up lengths padded with pad_to="longest"; '
+                         f"pass both. Received: pad_to={pad_to!r}")
+    _checks.check_padding_side("padding", padding)
+    _checks.check_padding_side("truncating", truncating)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Number):
+        raise TypeError(f"`pad_value` must be a number. Received: pad_value={pad_value!r}")
+
+
+class BatchReader:
+    """Reads batches of one index (an input of `x`, or targets in files).
+
+    Args:
+        index: a `FileIndex` or `RowIndex`.
+        padding: a `Padding`.
+        dtype: the dtype of the batches; `None` for the stored dtype, in
+            native byte order.
+        name: the input's name, for error messages.
+
+    Raises:
+        ValueError: `dtype` cannot hold `pad_value`, or samples differ in
+            shape on an axis that `pad_to` leaves as it is.
+    """
+
+    def __init__(self, index: FileIndex | RowIndex, padding: Padding, dtype=None,
+                 name: str = "x"):
+        self.index, self.padding, self.name = index, padding, name
+        self.stored = index.dtype
+        self.native = index.dtype.newbyteorder("=")
+        self.dtype = np.dtype(dtype) if dtype is not None else self.native
+        self.axes = padding.axes(index.sample_ndim, name)
+        self._check_kept_axes()
+        self.pad_value = _check_pad_value(padding.pad_value, self.native, self.dtype)
+        self._fds = _FileDescriptors()
+
+    def element_shape(self) -> tuple[int | None, ...]:
+        """The shape of one sample of a batch, `None` where batches vary."""
+        shape = []
+        for spec, known in zip(self.axes, self.index.sample_shape):
+            if spec == "longest" and known is not None:
+                multiple = self.padding.pad_to_multiple_of or 1
+                known = -(-known // multiple) * multiple
+            shape.append(known if spec is None or spec == "longest" else spec)
+        return tuple(shape)
+
+    def read(self, ids: np.ndarray) -> np.ndarray:
+        """The samples `ids`, stacked in that order: shape `(len(ids), ...)`."""
+        ids = np.asarray(ids, np.int64)
+        shapes = self.index.sample_shapes(ids)
+        target = self.padding.target_shape(self.axes, shapes)
+        needs_fill = bool((shapes != np.array(target, np.int64)).any()) if len(ids) else False
+        out = (np.full if needs_fill else _empty)((len(ids), *target), self.pad_value,
+                                                  self.native)
+        if isinstance(self.index, RowIndex):
+            self._read_rows(ids, out, target)
+        else:
+            self._read_files(ids, shapes, out, target)
+        return out if self.dtype == self.native else out.astype(self.dtype)
+
+    def _check_kept_axes(self) -> None:
+        for axis, (spec, size) in enumerate(zip(self.axes, self.index.sample_shape)):
+            if spec is None and size is None:
+                shapes = self.index.shapes[:, axis]
+                a, b = int(np.argmin(shapes)), int(np.argmax(shapes))
+                paths = self.index.paths
+                raise ValueError(
+                    f"Samples of {self.name} differ in shape on axis {axis}: "
+                    f"{paths[a]} has shape {tuple(self.index.shapes[a])}, {paths[b]} has "
+                    f"shape {tuple(self.index.shapes[b])}. Pass `pad_to` to pad them to one "
+                    f"shape per batch: pad_to=\"longest\", an int, or a tuple. Received: "
+                    f"pad_to={self.padding.pad_to!r}")
+
+    def _read_files(self, ids, shapes, out, target) -> None:
+        index = self.index
+        direct = self.stored == self.native
+        for k, i in enumerate(ids):
+            shape = tuple(shapes[k])
+            path, offset = index.paths[i], int(index.data_offsets[i])
+            if direct and shape == target and not index.fortran_order[i]:
+                _pread_into(path, None, [_bytes_of(out[k])], offset)
+                continue
+            scratch = np.empty(shape, self.stored, order="F" if index.fortran_order[i] else "C")
+            _pread_into(path, None, [_bytes_of(scratch.reshape(-1, order="A"))], offset)
+            source, destination = self.padding.placement(shape, target)
+            out[k][destination] = scratch[source]
+
+    def _read_rows(self, ids, out, target) -> None:
+        index = self.index
+        row_shape = index.row_shape
+        direct = self.stored == self.native and tuple(target) == row_shape
+        into = out if direct else np.empty((len(ids), *row_shape), self.stored)
+        order = np.argsort(ids, kind="stable")
+        file_ids, offsets = index.locate(ids[order])
+        for f in np.unique(file_ids):
+            mine = np.flatnonzero(file_ids == f)
+            if index.fortran_order[f]:
+                self._read_fortran_rows(int(f), ids[order[mine]], into, order[mine])
+            else:
+                self._read_runs(int(f), ids[order[mine]], offsets[mine], into, order[mine])
+        if not direct:
+            source, destination = self.padding.placement(row_shape, target)
+            out[(slice(None), *destination)] = into[(slice(None), *source)]
+
+    def _read_runs(self, f, sorted_ids, offsets, into, slots) -> None:
+        """One preadv per run of adjacent rows, scattering them into `slots`."""
+        path, fd = self.index.paths[f], self._fds.get(self.index.paths[f])
+        breaks = np.flatnonzero(np.diff(sorted_ids) != 1) + 1
+        for run in np.split(np.arange(len(sorted_ids)), breaks):
+            buffers = _slot_buffers(into, slots[run])
+            for start in range(0, len(buffers), _IOV_MAX):
+                chunk = buffers[start:start + _IOV_MAX]
+                skipped = sum(b.nbytes for b in buffers[:start])
+                _pread_into(path, fd, chunk, int(offsets[run[0]]) + skipped)
+
+    def _read_fortran_rows(self, f, sorted_ids, into, slots) -> None:
+        """Rows of a Fortran-order file are strided: read them through a
+        memory map, which touches only the pages that hold them."""
+        index = self.index
+        rows = sorted_ids - index.row_starts[f]
+        mapped = np.memmap(index.paths[f], index.dtype, "r", int(index.data_offsets[f]),
+                           (int(index.num_rows[f]), *index.row_shape), order="F")
+        into[slots] = mapped[rows]
+        del mapped
+
+
+def _check_pad_value(pad_value, native: np.dtype, dtype: np.dtype):
+    """The pad value as the data's dtype; it must be exactly representable."""
+    try:
+        converted = np.array(pad_value).astype(native)
+    except OverflowError:
+        converted = None
+    is_nan = isinstance(pad_value, float) and np.isnan(pad_value)
+    if converted is None or (converted != pad_value and not is_nan):
+        raise ValueError(f"`pad_value` must be representable in the data's dtype {native}. "
+                         f"Received: pad_value={pad_value!r}")
+    return converted
+
+
+def _empty(shape, fill, dtype):
+    return np.empty(shape, dtype)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    return memoryview(array).cast("B")
+
+
+def _slot_buffers(into: np.ndarray, slots: np.ndarray) -> list[memoryview]:
+    """Writable buffers for batch slots, merging slots that are adjacent."""
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    return [_bytes_of(into[group[0]:group[-1] + 1]) for group in np.split(slots, breaks)
+            if len(group)]
+
+
+def _pread_into(path: str, fd: int | None, buffers: list[memoryview], offset: int) -> None:
+    """Fills `buffers` from `offset` of the file, or says which file changed."""
+    expected = sum(b.nbytes for b in buffers)
+    if expected == 0:
+        return
+    own = fd is None
+    try:
+        fd = os.open(path, os.O_RDONLY) if own else fd
+        try:
+            found = os.preadv(fd, buffers, offset)
+            while found < expected:  # a short read is legal; retry from where it stopped
+                more = _pread_rest(fd, buffers, offset, found)
+                if more == 0:
+                    break
+                found += more
+        finally:
+            if own:
+                os.close(fd)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
+    if found != expected:
+        raise ValueError(f"{path}: expected {expected} bytes at offset {offset}, found "
+                         f"{found}; the file changed after the dataset was built.")
+
+
+def _pread_rest(fd: int, buffers: list[memoryview], offset: int, done: int) -> int:
+    rest, skip = [], done
+    for b in buffers:
+        if skip >= b.nbytes:
+            skip -= b.nbytes
+            continue
+        rest.append(b[skip:])
+        skip = 0
+    return os.preadv(fd, rest, offset + done)
+
+
+class _FileDescriptors:
+    """Open files of the rows layout, per process (reopened after a fork)."""
+
+    def __init__(self):
+        self._pid, self._fds, self._lock = os.getpid(), {}, threading.Lock()
+
+    def __reduce__(self):
+        return (_FileDescriptors, ())  # a copy in another process opens its own
+
+    def get(self, path: str) -> int:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked worker: the parent's are not ours
+                self._pid, self._fds = os.getpid(), {}
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
+            return fd
+
+    def __del__(self):
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
