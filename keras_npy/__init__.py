@@ -1,5 +1,6 @@
 """keras_npy: stream training data stored as `.npy` files into Keras."""
 
+from keras_npy.dataset import NpyDataset
 from keras_npy.header import NpyHeader, read_header
 from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index
 
@@ -8,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DatasetIndex",
     "FileIndex",
+    "NpyDataset",
     "NpyHeader",
     "RowIndex",
     "__version__",

@@ -327,7 +327,7 @@ def resolve_layout(layout: str, source) -> str:
 def iter_headers(paths: Sequence[str], *, verbose: bool = True) -> Iterator[NpyHeader]:
     """Yields the header of each path, in order, reading many at once when the
     files are slow to open (a cold disk, a network file system)."""
-    progress = _Progress(len(paths), verbose)
+    progress = Progress(len(paths), verbose)
     chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
     started = time.perf_counter()
     for chunk in chunks[:1]:
@@ -352,7 +352,7 @@ def _read_chunk(paths: Sequence[str], chunk: range) -> list[NpyHeader]:
     return [read_header(paths[i]) for i in chunk]
 
 
-class _Progress:
+class Progress:
     """A `keras.utils.Progbar` that appears only once the work has taken
     `_PROGRESS_AFTER_SECONDS` (Keras is imported only then)."""
 

@@ -1,0 +1,233 @@
+"""`NpyDataset`: the `keras.utils.PyDataset` front end.
+
+It validates its arguments, builds the index (headers only), and hands
+batch `i` of the current epoch to `order` and `read`. It holds paths and
+compact arrays only, so it pickles small and each worker process opens its
+own files.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_npy import _checks, order as order_lib
+from keras_npy.index import DatasetIndex, RowIndex, build_index
+from keras_npy.read import BatchReader, Padding, check_padding
+from keras_npy.statistics import sample_statistics
+
+
+class NpyDataset(keras.utils.PyDataset):
+    """Batches read lazily from `.npy` files, for `model.fit` on any backend.
+
+    Args:
+        x: a directory, glob, `.npy` path, or list of these; or a dict from
+            input name to such a source, for a multi-input model.
+        y: `None`; `"inferred"` (the class is the folder under a directory
+            of `x`, or the folder that holds a file named by a glob or path);
+            an array-like of one label per sample; `.npy` path(s) whose rows
+            are the labels; or a directory or glob of per-sample target files
+            matched to the files of `x` by relative path. Defaults to `None`.
+        layout: `"files"` (one sample per file), `"rows"` (the rows of the
+            files, concatenated, are the samples) or `"auto"`: rows for a
+            single file path, files otherwise. Defaults to `"auto"`.
+        batch_size: samples per batch. Defaults to `32`.
+        shuffle: whether every epoch draws a new global permutation of the
+            samples from `(seed, epoch)`. Defaults to `False`. (`fit`'s own
+            `shuffle` only reorders whole batches.)
+        seed: seed of the shuffle and of the validation split; drawn at
+            random when `None`. Defaults to `None`.
+        label_mode: for class labels (`"inferred"` or an array): `"int"`,
+            `"categorical"` (one-hot float32), `"binary"` (float32 of shape
+            `(batch, 1)`), or `None` (yield `x` only). Labels from `.npy` files
+            come as stored with `"int"`. Defaults to `"int"`.
+        class_names: with `y="inferred"`, the class folders in label order.
+            Defaults to the sorted folder names.
+        validation_split: fraction of the samples held out, with `subset`.
+            Defaults to `None`.
+        subset: `"training"` or `"validation"`, with `validation_split`.
+            Defaults to `None`.
+        pad_to: `None` (samples must have one shape), `"longest"` (each axis
+            to the batch's largest, like `tf.data.Dataset.padded_batch`), an
+            int (the first axis to that length, padded or truncated), or a
+            tuple of the whole sample shape with `None` for an axis left as it
+            is. Defaults to `None`.
+        pad_to_multiple_of: with `pad_to="longest"`, round padded lengths up
+            to a multiple of this. Defaults to `None`.
+        padding: `"pre"` or `"post"`, where padding goes. Defaults to `"post"`.
+        truncating: `"pre"` or `"post"`, which end is cut. Defaults to `"post"`.
+        pad_value: the value of padded positions, exactly representable in
+            the data's dtype. Defaults to `0`.
+        bucket_boundaries: increasing lengths; batches hold samples whose
+            first-axis lengths fall in the same bucket. Defaults to `None`.
+        drop_remainder: whether a last batch smaller than `batch_size` is
+            dropped. Defaults to `False`.
+        dtype: the dtype of the batches; `None` for data as stored (in native
+            byte order). Defaults to `None`.
+        num_shards: the number of shards the samples are dealt to. Defaults
+            to `1`.
+        shard_index: the shard this dataset reads. Defaults to `0`.
+        follow_links: whether directory walks enter links to folders.
+            Defaults to `False`.
+        verbose: whether a progress bar is shown on long header scans.
+            Defaults to `True`.
+        workers: `PyDataset` worker threads or processes. Defaults to `1`.
+        use_multiprocessing: workers are processes. Defaults to `False`.
+        max_queue_size: batches prepared ahead. Defaults to `10`.
+
+    Example:
+
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/x.npy"
+    >>> np.save(path, np.arange(40, dtype="float32").reshape(10, 4))
+    >>> ds = NpyDataset(path, y=np.arange(10), batch_size=4)
+    >>> len(ds), ds.num_samples
+    (3, 10)
+    >>> x, y = ds[2]
+    >>> x.shape, y.tolist()
+    ((2, 4), [8, 9])
+    """
+
+    def __init__(self, x, y=None, *, layout="auto", batch_size=32, shuffle=False, seed=None,
+                 label_mode="int", class_names=None, validation_split=None, subset=None,
+                 pad_to=None, pad_to_multiple_of=None, padding="post", truncating="post",
+                 pad_value=0, bucket_boundaries=None, drop_remainder=False, dtype=None,
+                 num_shards=1, shard_index=0, follow_links=False, verbose=True,
+                 workers=1, use_multiprocessing=False, max_queue_size=10):
+        _checks.check_workers(workers, use_multiprocessing, max_queue_size)
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
+        order_lib.check_order_arguments(batch_size, shuffle, seed, validation_split, subset,
+                                        num_shards, shard_index, drop_remainder,
+                                        bucket_boundaries)
+        check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
+        self.index = build_index(x, y, layout=layout, class_names=class_names,
+                                 label_mode=label_mode, follow_links=follow_links,
+                                 verbose=verbose)
+        self.label_mode = label_mode
+        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+        padding_spec = Padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
+        self._readers = {name: BatchReader(ix, padding_spec, dtype, name)
+                         for name, ix in self.index.inputs.items()}
+        self._labels = _Labels(self.index, label_mode, padding_spec)
+        self._order = order_lib.Order(
+            self.index.num_samples, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
+            validation_split=validation_split, subset=subset, num_shards=num_shards,
+            shard_index=shard_index, drop_remainder=drop_remainder,
+            lengths=_bucket_lengths(self.index, bucket_boundaries),
+            bucket_boundaries=bucket_boundaries)
+        self.epoch = 0
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names in label order, when labels are inferred classes."""
+        return self.index.class_names
+
+    @property
+    def num_samples(self) -> int:
+        """The samples of this subset and shard."""
+        return self._order.num_samples
+
+    @property
+    def file_paths(self) -> list[str]:
+        """The files of this dataset in unshuffled order: one per sample (layout
+        "files"), or the row files (layout "rows"). For a dict `x`, those of its
+        first input."""
+        first = next(iter(self.index.inputs.values()))
+        if isinstance(first, RowIndex):
+            return list(first.paths)
+        return [first.paths[int(i)] for i in self._order.sample_ids]
+
+    def __len__(self) -> int:
+        return self._order.num_batches
+
+    def __getitem__(self, i):
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"Batch index must be an integer. Received: {i!r}")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"Batch index {i} is out of range for a dataset of {len(self)} "
+                             "batches.")
+        ids = self._order.batch(self.epoch, int(i) % len(self))
+        x = {name: reader.read(ids) for name, reader in self._readers.items()}
+        x = x if isinstance(self.index.x, dict) else x["x"]
+        y = self._labels.read(ids)
+        return x if y is None else (x, y)
+
+    def on_epoch_end(self) -> None:
+        """Moves to the next epoch: with `shuffle`, a new order."""
+        self.epoch += 1
+
+    def statistics(self, axis=-1, verbose: bool = True):
+        """Mean and variance of the unpadded samples of this subset and shard,
+        in one streaming float64 pass.
+
+        Args:
+            axis: the axis or axes, in terms of a batch (never 0), that keep one
+                mean and variance per index, as `keras.layers.Normalization`'s
+                `axis`; `None` for one mean and variance. Defaults to `-1`.
+            verbose: whether to show a progress bar on long scans. Defaults to
+                `True`.
+
+        Returns:
+            `(mean, variance)` float64 arrays (population variance); for a dict
+            `x`, a dict of them.
+        """
+        stats = {name: sample_statistics(reader.index, self._order.sample_ids, axis,
+                                         name=name, verbose=verbose)
+                 for name, reader in self._readers.items()}
+        return stats if isinstance(self.index.x, dict) else stats["x"]
+
+    def __repr__(self) -> str:
+        return (f"NpyDataset({self.num_samples} samples in {len(self)} batches, "
+                f"{self.index.x!r})")
+
+
+class _Labels:
+    """Labels of a batch: class labels converted per `label_mode`, or targets
+    read from files like `x`."""
+
+    def __init__(self, index: DatasetIndex, label_mode, padding: Padding):
+        self.label_mode, self.values, self.reader = label_mode, None, None
+        self.num_classes = None if index.class_names is None else len(index.class_names)
+        if index.y is None or label_mode is None:
+            return
+        if isinstance(index.y, np.ndarray):
+            self.values = index.y
+            self._check_array_labels()
+        elif label_mode != "int":
+            raise ValueError(f"`label_mode={label_mode!r}` converts class labels held in "
+                             "memory; labels read from .npy files come as stored. Use "
+                             'label_mode="int", or pass `y` as an array.')
+        else:
+            self.reader = BatchReader(index.y, padding, None, "y")
+
+    def _check_array_labels(self) -> None:
+        if self.label_mode == "categorical" and self.num_classes is None:
+            if self.values.dtype.kind not in "iub" or self.values.ndim != 1:
+                raise ValueError('label_mode="categorical" one-hot encodes integer class ids; '
+                                 f"`y` has dtype {self.values.dtype} and shape "
+                                 f"{self.values.shape}.")
+            self.num_classes = int(self.values.max()) + 1 if len(self.values) else 0
+
+    def read(self, ids: np.ndarray):
+        if self.reader is not None:
+            return self.reader.read(ids)
+        if self.values is None:
+            return None
+        labels = self.values[ids]
+        if self.label_mode == "categorical":
+            return np.eye(self.num_classes, dtype="float32")[labels]
+        if self.label_mode == "binary":
+            return labels.astype("float32").reshape(-1, 1)
+        return labels
+
+
+def _bucket_lengths(index: DatasetIndex, bucket_boundaries) -> np.ndarray | None:
+    """The first-axis length of each sample, the first input's, for buckets."""
+    if bucket_boundaries is None:
+        return None
+    first = next(iter(index.inputs.values()))
+    if first.sample_ndim == 0:
+        raise ValueError("`bucket_boundaries` groups samples by the length of their first "
+                         "axis, but the samples of x are scalars.")
+    return first.sample_shapes(np.arange(first.num_samples))[:, 0]

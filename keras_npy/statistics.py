@@ -1,0 +1,119 @@
+"""Mean and variance in one streaming float64 pass over unpadded samples.
+
+Samples are read in chunks of bounded size; each chunk's count, mean and sum
+of squared deviations are merged into the running totals with the parallel
+formulas of Chan, Golub and LeVeque (exact up to rounding, stable, and never
+holding more than one chunk). Padding is never read: samples are taken as
+stored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_npy import index as index_lib
+from keras_npy.index import FileIndex, RowIndex
+from keras_npy.read import BatchReader, Padding
+
+_CHUNK_BYTES = 32 * 2**20
+
+
+class RunningMoments:
+    """Count, mean and M2 (sum of squared deviations) per kept index."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, values: np.ndarray) -> None:
+        """Adds rows of `values` (shape `(n, *kept)`), as float64."""
+        if not len(values):
+            return
+        values = values.astype(np.float64, copy=False)
+        count = len(values)
+        mean = values.mean(axis=0)
+        m2 = ((values - mean) ** 2).sum(axis=0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.count * count / total)
+        self.count = total
+
+    def variance(self) -> np.ndarray:
+        return self.m2 / self.count
+
+
+def sample_statistics(index: FileIndex | RowIndex, ids: np.ndarray, axis=-1, *,
+                      name: str = "x", verbose: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) variance of the samples `ids`, unpadded.
+
+    Args:
+        index: the index of the input.
+        ids: the samples to include.
+        axis: as `keras.layers.Normalization`'s, in terms of a batch: the axis
+            or axes (never 0, the batch axis) that keep one mean and variance
+            per index; `None` for a single mean and variance.
+        name: the input's name, for error messages.
+        verbose: whether to show a progress bar on long scans.
+
+    Returns:
+        `(mean, variance)`, float64 arrays of the kept axes' shape.
+
+    Raises:
+        ValueError: `axis` is out of range or names an axis whose size varies.
+    """
+    kept = _kept_axes(axis, index.sample_ndim, index.sample_shape, name)
+    reader = BatchReader(index, Padding("longest" if index.sample_ndim else None), name=name)
+    moments = RunningMoments()
+    progress = index_lib.Progress(len(ids), verbose)
+    pending, pending_bytes = [], 0
+    for chunk in _chunks(index, ids):
+        pending.append(_rows_of(reader.read(chunk), kept))  # one shape per chunk
+        pending_bytes += pending[-1].nbytes
+        if pending_bytes >= _CHUNK_BYTES:
+            moments.add(np.concatenate(pending))
+            pending, pending_bytes = [], 0
+        progress.add(len(chunk))
+    if pending:
+        moments.add(np.concatenate(pending))
+    if moments.mean is None:
+        raise ValueError(f"{name} has no values to compute statistics from.")
+    return moments.mean, moments.variance()
+
+
+def _kept_axes(axis, ndim: int, shape, name: str) -> tuple[int, ...]:
+    """The sample axes (0-based, batch axis excluded) that are kept."""
+    if axis is None:
+        return ()
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    kept = []
+    for a in axes:
+        batch_axis = a if a >= 0 else ndim + 1 + a
+        if not 1 <= batch_axis <= ndim:
+            raise ValueError(f"`axis` must name axes of a batch of {name}, which has {ndim + 1} "
+                             f"(the batch axis 0 excluded). Received: axis={axis}")
+        if shape[batch_axis - 1] is None:
+            raise ValueError(f"`axis` must name axes of fixed size, but the samples of {name} "
+                             f"vary in size on axis {batch_axis}. Received: axis={axis}")
+        kept.append(batch_axis - 1)
+    return tuple(sorted(set(kept)))
+
+
+def _chunks(index, ids: np.ndarray):
+    if isinstance(index, RowIndex):
+        step = max(1, _CHUNK_BYTES // max(1, index.row_nbytes))
+        for start in range(0, len(ids), step):
+            yield ids[start:start + step]
+    else:  # samples may differ in shape: one file at a time
+        for i in ids:
+            yield np.array([i])
+
+
+def _rows_of(batch: np.ndarray, kept: tuple[int, ...]) -> np.ndarray:
+    """`batch` as `(values, *kept shape)`: every axis but the kept ones flattened."""
+    kept_batch_axes = [k + 1 for k in kept]
+    others = [a for a in range(batch.ndim) if a not in kept_batch_axes]
+    moved = np.transpose(batch, others + kept_batch_axes)
+    return moved.reshape((-1, *(batch.shape[a] for a in kept_batch_axes)))
