@@ -15,6 +15,7 @@ from keras_npy import _checks, order as order_lib
 from keras_npy.index import DatasetIndex, RowIndex, build_index
 from keras_npy.read import BatchReader, Padding, check_padding
 from keras_npy.statistics import sample_statistics
+from keras_npy.workers import ReadAhead
 
 
 class NpyDataset(keras.utils.PyDataset):
@@ -71,9 +72,17 @@ class NpyDataset(keras.utils.PyDataset):
             Defaults to `False`.
         verbose: whether a progress bar is shown on long header scans.
             Defaults to `True`.
-        workers: `PyDataset` worker threads or processes. Defaults to `1`.
-        use_multiprocessing: workers are processes. Defaults to `False`.
-        max_queue_size: batches prepared ahead. Defaults to `10`.
+        workers: threads (or processes) that read batches ahead. Defaults to
+            `1`: batches are read when asked for, in the calling thread.
+        use_multiprocessing: whether workers are processes. Defaults to
+            `False`.
+        max_queue_size: how many batches are read ahead. Defaults to `10`.
+
+    NpyDataset reads ahead itself rather than through Keras' enqueuer, so
+    `ds.workers` reads `1` and `ds.use_multiprocessing` `False` to Keras;
+    `ds.read_ahead` holds the workers. Reading ahead guesses that batches are
+    asked for in order: shuffle with `shuffle=True` here and call
+    `fit(..., shuffle=False)`; `fit`'s own shuffle only reorders whole batches.
 
     Example:
 
@@ -107,16 +116,41 @@ class NpyDataset(keras.utils.PyDataset):
         self.label_mode = label_mode
         self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
         padding_spec = Padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
-        self._readers = {name: BatchReader(ix, padding_spec, dtype, name)
-                         for name, ix in self.index.inputs.items()}
-        self._labels = _Labels(self.index, label_mode, padding_spec)
-        self._order = order_lib.Order(
-            self.index.num_samples, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
-            validation_split=validation_split, subset=subset, num_shards=num_shards,
-            shard_index=shard_index, drop_remainder=drop_remainder,
-            lengths=_bucket_lengths(self.index, bucket_boundaries),
-            bucket_boundaries=bucket_boundaries)
+        self._source = _BatchSource(
+            {name: BatchReader(ix, padding_spec, dtype, name)
+             for name, ix in self.index.inputs.items()},
+            _Labels(self.index, label_mode, padding_spec),
+            order_lib.Order(
+                self.index.num_samples, batch_size=batch_size, shuffle=shuffle,
+                seed=self.seed, validation_split=validation_split, subset=subset,
+                num_shards=num_shards, shard_index=shard_index, drop_remainder=drop_remainder,
+                lengths=_bucket_lengths(self.index, bucket_boundaries),
+                bucket_boundaries=bucket_boundaries),
+            isinstance(self.index.x, dict))
+        parallel = workers > 1 or (workers > 0 and use_multiprocessing)
+        self.read_ahead = ReadAhead(self._source, workers, use_multiprocessing,
+                                    max_queue_size) if parallel else None
         self.epoch = 0
+
+    @property
+    def workers(self) -> int:
+        """What Keras sees: 1. NpyDataset reads ahead itself, with the `workers`
+        it was given (see `read_ahead`), so that Keras' enqueuer, which can
+        serve a cut-short epoch's batches in the next one, is never used."""
+        return 1
+
+    @workers.setter
+    def workers(self, value) -> None:
+        self._workers = value
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        """What Keras sees: `False` (see `workers`)."""
+        return False
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value) -> None:
+        self._use_multiprocessing = value
 
     @property
     def class_names(self) -> list[str] | None:
@@ -126,7 +160,7 @@ class NpyDataset(keras.utils.PyDataset):
     @property
     def num_samples(self) -> int:
         """The samples of this subset and shard."""
-        return self._order.num_samples
+        return self._source.order.num_samples
 
     @property
     def file_paths(self) -> list[str]:
@@ -136,10 +170,10 @@ class NpyDataset(keras.utils.PyDataset):
         first = next(iter(self.index.inputs.values()))
         if isinstance(first, RowIndex):
             return list(first.paths)
-        return [first.paths[int(i)] for i in self._order.sample_ids]
+        return [first.paths[int(i)] for i in self._source.order.sample_ids]
 
     def __len__(self) -> int:
-        return self._order.num_batches
+        return self._source.order.num_batches
 
     def __getitem__(self, i):
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
@@ -147,11 +181,10 @@ class NpyDataset(keras.utils.PyDataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"Batch index {i} is out of range for a dataset of {len(self)} "
                              "batches.")
-        ids = self._order.batch(self.epoch, int(i) % len(self))
-        x = {name: reader.read(ids) for name, reader in self._readers.items()}
-        x = x if isinstance(self.index.x, dict) else x["x"]
-        y = self._labels.read(ids)
-        return x if y is None else (x, y)
+        i = int(i) % len(self)
+        if self.read_ahead is None:
+            return self._source.batch(self.epoch, i)
+        return self.read_ahead.get(self.epoch, i, len(self))
 
     def on_epoch_end(self) -> None:
         """Moves to the next epoch: with `shuffle`, a new order."""
@@ -172,14 +205,31 @@ class NpyDataset(keras.utils.PyDataset):
             `(mean, variance)` float64 arrays (population variance); for a dict
             `x`, a dict of them.
         """
-        stats = {name: sample_statistics(reader.index, self._order.sample_ids, axis,
-                                         name=name, verbose=verbose)
-                 for name, reader in self._readers.items()}
+        ids = self._source.order.sample_ids
+        stats = {name: sample_statistics(reader.index, ids, axis, name=name, verbose=verbose)
+                 for name, reader in self._source.readers.items()}
         return stats if isinstance(self.index.x, dict) else stats["x"]
 
     def __repr__(self) -> str:
         return (f"NpyDataset({self.num_samples} samples in {len(self)} batches, "
                 f"{self.index.x!r})")
+
+
+class _BatchSource:
+    """Everything needed to make batch `i` of an epoch: small, picklable, and
+    the same in every worker."""
+
+    def __init__(self, readers: dict, labels: "_Labels", order: order_lib.Order,
+                 multi_input: bool):
+        self.readers, self.labels = readers, labels
+        self.order, self.multi_input = order, multi_input
+
+    def batch(self, epoch: int, i: int):
+        ids = self.order.batch(epoch, i)
+        x = {name: reader.read(ids) for name, reader in self.readers.items()}
+        x = x if self.multi_input else x["x"]
+        y = self.labels.read(ids)
+        return x if y is None else (x, y)
 
 
 class _Labels:
