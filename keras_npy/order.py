@@ -57,6 +57,7 @@ class Order:
                  num_shards: int = 1, shard_index: int = 0, drop_remainder: bool = False,
                  lengths: np.ndarray | None = None,
                  bucket_boundaries: list[int] | None = None):
+        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_remainder = drop_remainder
         self.sample_ids = select_samples(num_samples, validation_split, subset, shuffle, seed,
@@ -104,13 +105,10 @@ class Order:
         return [group[k:k + self.batch_size] for k in range(0, stop, self.batch_size)]
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_lock"], state["_cached"] = None, None
-        return state
+        return self._arguments  # the ids are recomputed: a pickle holds no arrays
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+    def __setstate__(self, arguments):
+        self.__init__(**arguments)
 
 
 def select_samples(num_samples: int, validation_split: float | None, subset: str | None,

@@ -47,12 +47,13 @@ class Padding:
         self.pad_to, self.pad_to_multiple_of = pad_to, pad_to_multiple_of
         self.padding, self.truncating, self.pad_value = padding, truncating, pad_value
 
-    def axes(self, ndim: int, name: str) -> list:
+    def axes(self, sample_shape: tuple[int | None, ...], name: str) -> list:
         """Per axis: `None` (kept), `"longest"`, or a fixed length."""
+        ndim = len(sample_shape)
         if self.pad_to is None:
             return [None] * ndim
-        if self.pad_to == "longest":
-            return ["longest"] * ndim
+        if self.pad_to == "longest":  # axes of one size everywhere are not padded
+            return ["longest" if size is None else None for size in sample_shape]
         if isinstance(self.pad_to, numbers.Integral):
             if ndim == 0:
                 raise ValueError(f"`pad_to` is an int, so samples need a first axis to pad; "
@@ -137,20 +138,15 @@ class BatchReader:
         self.stored = index.dtype
         self.native = index.dtype.newbyteorder("=")
         self.dtype = np.dtype(dtype) if dtype is not None else self.native
-        self.axes = padding.axes(index.sample_ndim, name)
+        self.axes = padding.axes(index.sample_shape, name)
         self._check_kept_axes()
         self.pad_value = _check_pad_value(padding.pad_value, self.native, self.dtype)
         self._fds = _FileDescriptors()
 
     def element_shape(self) -> tuple[int | None, ...]:
         """The shape of one sample of a batch, `None` where batches vary."""
-        shape = []
-        for spec, known in zip(self.axes, self.index.sample_shape):
-            if spec == "longest" and known is not None:
-                multiple = self.padding.pad_to_multiple_of or 1
-                known = -(-known // multiple) * multiple
-            shape.append(known if spec is None or spec == "longest" else spec)
-        return tuple(shape)
+        return tuple(known if spec is None or spec == "longest" else spec
+                     for spec, known in zip(self.axes, self.index.sample_shape))
 
     def read(self, ids: np.ndarray) -> np.ndarray:
         """The samples `ids`, stacked in that order: shape `(len(ids), ...)`."""
@@ -174,8 +170,9 @@ class BatchReader:
                 paths = self.index.paths
                 raise ValueError(
                     f"Samples of {self.name} differ in shape on axis {axis}: "
-                    f"{paths[a]} has shape {tuple(self.index.shapes[a])}, {paths[b]} has "
-                    f"shape {tuple(self.index.shapes[b])}. Pass `pad_to` to pad them to one "
+                    f"{paths[a]} has shape {tuple(self.index.shapes[a].tolist())}, {paths[b]} "
+                    f"has shape {tuple(self.index.shapes[b].tolist())}. Pass `pad_to` to pad "
+                    "them to one "
                     f"shape per batch: pad_to=\"longest\", an int, or a tuple. Received: "
                     f"pad_to={self.padding.pad_to!r}")
 

@@ -34,3 +34,13 @@ def test_readme_quickstart_runs_and_prints_what_it_says(tmp_path):
     expected = [re.search(r"# (.*)", line).group(1).split(";")[0]
                 for line in code.splitlines() if line.startswith("print(")]
     assert done.stdout.splitlines() == expected
+
+
+def test_ci_runs_the_readme_commands():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    commands = re.findall(r"^python3 -m venv .*$", readme, re.M)
+    assert len(commands) == 2
+    assert commands[1] in ci.splitlines()  # the test command, verbatim

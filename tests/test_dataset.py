@@ -1,0 +1,342 @@
+"""NpyDataset end to end. CI runs this file on the TensorFlow and JAX backends."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_npy import NpyDataset
+
+
+def _save(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, array)
+    return path
+
+
+def _epoch(ds):
+    return [ds[i] for i in range(len(ds))]
+
+
+@pytest.fixture
+def rows_file(tmp_path):
+    x = np.random.default_rng(0).normal(size=(103, 4)).astype("float32")
+    return _save(str(tmp_path / "x.npy"), x), x
+
+
+@pytest.fixture
+def class_files(tmp_path):
+    """Variable-length int16 samples in class folders, sorted like the walk."""
+    samples = []
+    for c, name in enumerate(["neg", "pos"]):
+        for j in range(5):
+            array = np.full((2 + j, 3), 10 * c + j, "int16")
+            path = _save(str(tmp_path / "data" / name / f"{j}.npy"), array)
+            samples.append((path, array, c))
+    return str(tmp_path / "data"), samples
+
+
+def test_rows_batches_equal_the_array_with_a_short_last_batch(rows_file):
+    path, x = rows_file
+    ds = NpyDataset(path, batch_size=10)
+    assert len(ds) == 11 and ds.num_samples == 103 and ds.file_paths == [path]
+    batches = _epoch(ds)
+    assert all(isinstance(b, np.ndarray) for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), x)
+    assert batches[-1].shape == (3, 4) and batches[0].dtype == np.float32
+    dropped = NpyDataset(path, batch_size=10, drop_remainder=True)
+    assert len(dropped) == 10 and dropped[9].shape == (10, 4)
+
+
+def test_multi_file_rows_with_label_files(tmp_path):
+    xs = [np.arange(k * 100, k * 100 + 2 * n).reshape(n, 2) for k, n in enumerate([3, 5, 4])]
+    for k, part in enumerate(xs):
+        _save(str(tmp_path / "x" / f"x_{k}.npy"), part)
+        _save(str(tmp_path / "y" / f"y_{k}.npy"), part[:, 0] * 2)
+    ds = NpyDataset(str(tmp_path / "x"), y=str(tmp_path / "y"), layout="rows", batch_size=5)
+    x = np.concatenate(xs)
+    got_x, got_y = zip(*_epoch(ds))
+    np.testing.assert_array_equal(np.concatenate(got_x), x)
+    np.testing.assert_array_equal(np.concatenate(got_y), x[:, 0] * 2)
+
+
+def test_files_layout_padded_with_inferred_labels(class_files):
+    root, samples = class_files
+    ds = NpyDataset(root, y="inferred", batch_size=4, pad_to="longest", pad_value=-1)
+    assert ds.class_names == ["neg", "pos"]
+    assert ds.file_paths == [p for p, _, _ in samples]
+    x, y = ds[1]
+    assert x.shape == (4, 6, 3) and x.dtype == np.int16 and y.dtype == np.int32
+    assert y.tolist() == [0, 1, 1, 1]
+    expected = samples[4][1]
+    np.testing.assert_array_equal(x[0, :6], expected)
+    x, y = ds[2]
+    assert x.shape == (2, 6, 3) and y.tolist() == [1, 1]
+    np.testing.assert_array_equal(x[0, :5], samples[8][1])
+    assert (x[0, 5:] == -1).all()
+
+
+def test_fixed_length_pre_padding_and_truncation(class_files):
+    root, samples = class_files
+    ds = NpyDataset(root, batch_size=10, pad_to=4, padding="pre", truncating="pre",
+                    pad_value=-1)
+    x = ds[0]
+    assert x.shape == (10, 4, 3)
+    assert x[0, :, 0].tolist() == [-1, -1, 0, 0]  # 2 rows of 0, padded before
+    assert x[9, :, 0].tolist() == [14, 14, 14, 14]  # 6 rows of 14, the first 2 cut
+
+
+def test_varying_shapes_need_pad_to(class_files):
+    root, samples = class_files
+    with pytest.raises(ValueError) as info:
+        NpyDataset(root)
+    assert str(info.value) == (
+        f"Samples of x differ in shape on axis 0: {samples[0][0]} has shape (2, 3), "
+        f"{samples[4][0]} has shape (6, 3). Pass `pad_to` to pad them to one shape per batch: "
+        "pad_to=\"longest\", an int, or a tuple. Received: pad_to=None")
+
+
+def test_per_sample_target_files_and_dict_inputs(tmp_path):
+    for k in range(4):
+        _save(str(tmp_path / "a" / f"{k}.npy"), np.full(3, k, "float32"))
+        _save(str(tmp_path / "b" / f"{k}.npy"), np.full((2, 2), -k, "int8"))
+        _save(str(tmp_path / "t" / f"{k}.npy"), np.full(k + 1, k, "int64"))
+    ds = NpyDataset({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")},
+                    y=str(tmp_path / "t"), batch_size=3, pad_to="longest")
+    x, y = ds[0]
+    assert sorted(x) == ["a", "b"]
+    assert x["a"][:, 0].tolist() == [0, 1, 2] and x["b"][:, 0, 0].tolist() == [0, -1, -2]
+    assert y.tolist() == [[0, 0, 0], [1, 1, 0], [2, 2, 2]]
+
+
+def test_global_shuffle_seeded_exactly_once_and_new_each_epoch(tmp_path):
+    n = 1000
+    path = _save(str(tmp_path / "x.npy"), np.arange(n, dtype="int64").reshape(n, 1))
+    ds = NpyDataset(path, y=np.arange(n), batch_size=100, shuffle=True, seed=5)
+    first_batch = ds[0][0][:, 0]
+    assert first_batch.max() - first_batch.min() > 800  # spans the whole file
+    epoch0 = np.concatenate([x[:, 0] for x, _ in _epoch(ds)])
+    assert sorted(epoch0.tolist()) == list(range(n))
+    for x, y in _epoch(ds):
+        np.testing.assert_array_equal(x[:, 0], y)  # labels follow their samples
+    again = NpyDataset(path, batch_size=100, shuffle=True, seed=5)
+    np.testing.assert_array_equal(np.concatenate(_epoch(again))[:, 0], epoch0)
+    ds.on_epoch_end()
+    epoch1 = np.concatenate([x[:, 0] for x, _ in _epoch(ds)])
+    assert sorted(epoch1.tolist()) == list(range(n)) and not np.array_equal(epoch0, epoch1)
+
+
+def test_splits_and_shards_partition(rows_file):
+    path, x = rows_file
+    kwargs = dict(batch_size=8, shuffle=True, seed=1, validation_split=0.3)
+    seen = []
+    for subset in ["training", "validation"]:
+        for shard in range(2):
+            ds = NpyDataset(path, subset=subset, num_shards=2, shard_index=shard, **kwargs)
+            seen.append(np.concatenate(_epoch(ds)))
+    assert [len(s) for s in seen] == [37, 36, 15, 15]  # int(0.3 * 103) = 30 held out
+    allrows = np.concatenate(seen)
+    assert sorted(map(tuple, allrows.tolist())) == sorted(map(tuple, x.tolist()))
+
+
+def test_label_modes(class_files):
+    root, _ = class_files
+    kwargs = dict(y="inferred", batch_size=10, pad_to="longest")
+    _, y = NpyDataset(root, label_mode="categorical", **kwargs)[0]
+    assert y.dtype == np.float32 and y.tolist() == [[1, 0]] * 5 + [[0, 1]] * 5
+    _, y = NpyDataset(root, label_mode="binary", **kwargs)[0]
+    assert y.dtype == np.float32 and y.shape == (10, 1) and y[:, 0].tolist() == [0] * 5 + [1] * 5
+    x = NpyDataset(root, label_mode=None, **kwargs)[0]
+    assert isinstance(x, np.ndarray)
+    _, y = NpyDataset(root, y=[0, 2, 1, 1, 0, 0, 0, 0, 0, 2], label_mode="categorical",
+                      batch_size=10, pad_to="longest")[0]
+    assert y.shape == (10, 3) and y[1].tolist() == [0, 0, 1]
+
+
+def test_dtype_cast_and_batch_index_errors(rows_file):
+    path, x = rows_file
+    ds = NpyDataset(path, batch_size=50, dtype="float16")
+    assert ds[0].dtype == np.float16
+    np.testing.assert_array_equal(ds[-1], x[100:].astype("float16"))
+    with pytest.raises(IndexError) as info:
+        ds[3]
+    assert str(info.value) == "Batch index 3 is out of range for a dataset of 3 batches."
+    with pytest.raises(TypeError) as info:
+        ds[1.0]
+    assert str(info.value) == "Batch index must be an integer. Received: 1.0"
+
+
+def test_bad_arguments_name_the_argument(rows_file):
+    path, _ = rows_file
+    with pytest.raises(ValueError) as info:
+        NpyDataset(path, batch_size=-1)
+    assert str(info.value) == "`batch_size` must be a positive integer. Received: batch_size=-1"
+    with pytest.raises(ValueError) as info:
+        NpyDataset(path, workers=-2)
+    assert str(info.value) == "`workers` must be a non-negative integer. Received: workers=-2"
+    with pytest.raises(ValueError) as info:
+        NpyDataset(path, y=path, label_mode="categorical")
+    assert str(info.value) == (
+        "`label_mode='categorical'` converts class labels held in memory; labels read from .npy "
+        'files come as stored. Use label_mode="int", or pass `y` as an array.')
+
+
+def test_pickles_small_for_a_large_rows_file(tmp_path):
+    path = str(tmp_path / "big.npy")
+    np.lib.format.open_memmap(path, "w+", "float32", (4_000_000, 64)).flush()  # 1 GiB, sparse
+    ds = NpyDataset(path, batch_size=256, shuffle=True, seed=0, validation_split=0.1,
+                    subset="training")
+    ds[0]
+    data = pickle.dumps(ds)
+    assert len(data) < 8192
+    copy = pickle.loads(data)
+    np.testing.assert_array_equal(copy[5], ds[5])
+
+
+def test_import_and_read_without_tensorflow(rows_file):
+    path, x = rows_file
+    code = ("import sys, numpy as np, keras_npy\n"
+            f"ds = keras_npy.NpyDataset({path!r}, batch_size=7, shuffle=True, seed=0)\n"
+            "b = ds[0]\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'), b.shape)\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] (7, 4)"
+
+
+def _linear_model(weights):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        1, use_bias=False, kernel_initializer=keras.initializers.Constant(weights))])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    return model
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs, self.epoch = epochs, 0
+
+    def __len__(self):
+        return len(self.epochs[0])
+
+    def __getitem__(self, i):
+        return self.epochs[self.epoch][i]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
+@pytest.mark.parametrize("workers, use_multiprocessing", [(1, False), (2, False), (2, True)])
+def test_fit_evaluate_predict_with_workers(rows_file, workers, use_multiprocessing):
+    path, x = rows_file
+    true_w = np.array([[1.0], [-2.0], [0.5], [3.0]], "float32")
+    y = (x @ true_w)[:, 0]
+    start = np.full((4, 1), 0.1, "float32")
+    kwargs = dict(y=y, batch_size=16, shuffle=True, seed=11)
+    ds = NpyDataset(path, workers=workers, use_multiprocessing=use_multiprocessing, **kwargs)
+    model = _linear_model(start)
+    model.fit(ds, epochs=3, shuffle=False, verbose=0)
+    # Keras may peek at batches before training and then call on_epoch_end; each
+    # training epoch ends with on_epoch_end, so the last three epochs were trained.
+    trained = range(ds.epoch - 3, ds.epoch)
+    reference_ds = NpyDataset(path, **kwargs)
+    epochs = []
+    for _ in range(ds.epoch):
+        epochs.append(_epoch(reference_ds))
+        reference_ds.on_epoch_end()
+    reference = _linear_model(start)
+    reference.fit(_Batches(epochs), epochs=3, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(model.get_weights()[0], reference.get_weights()[0])
+    # and by hand: plain SGD on the mean squared error, batch after batch.
+    w = start.astype("float64")
+    for epoch in trained:
+        for bx, by in epochs[epoch]:
+            w -= 0.05 * 2 * bx.T @ (bx @ w - by[:, None]) / len(bx)
+    np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-4)
+    ordered = NpyDataset(path, y=y, batch_size=16, workers=workers,
+                         use_multiprocessing=use_multiprocessing)
+    predictions = model.predict(NpyDataset(path, batch_size=16, workers=workers,
+                                           use_multiprocessing=use_multiprocessing), verbose=0)
+    np.testing.assert_allclose(predictions, x @ model.get_weights()[0], rtol=1e-5, atol=1e-6)
+    loss = model.evaluate(ordered, verbose=0)
+    np.testing.assert_allclose(loss, np.mean((predictions[:, 0] - y) ** 2), rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_multiprocessing", [False, True])
+def test_read_ahead_never_serves_another_epochs_batches(rows_file, use_multiprocessing):
+    path, _ = rows_file
+    kwargs = dict(batch_size=10, shuffle=True, seed=4)
+    ds = NpyDataset(path, workers=2, use_multiprocessing=use_multiprocessing,
+                    max_queue_size=4, **kwargs)
+    assert (ds.workers, ds.use_multiprocessing) == (1, False)  # Keras' enqueuer stays off
+    assert (ds.read_ahead.workers, ds.read_ahead.use_multiprocessing) == (
+        2, use_multiprocessing)
+    plain = NpyDataset(path, **kwargs)
+    np.testing.assert_array_equal(ds[0], plain[0])  # a peek: batches 1-4 are read ahead
+    ds.on_epoch_end()
+    plain.on_epoch_end()
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(ds[i], plain[i])
+    ds.read_ahead.close()
+
+
+def _rss_anon_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+
+
+def test_streaming_a_shuffled_gigabyte_keeps_anonymous_memory_flat(tmp_path):
+    path = str(tmp_path / "big.npy")
+    rows = 2**30 // (4096 * 4)
+    mapped = np.lib.format.open_memmap(path, "w+", "float32", (rows, 4096))
+    mapped[::1000] = 1.0  # some real pages; the rest are holes that read as zeros
+    del mapped
+    ds = NpyDataset(path, batch_size=256, shuffle=True, seed=0)
+    before = _rss_anon_kib()
+    total = 0.0
+    for i in range(len(ds)):
+        total += float(ds[i][:, 0].sum())
+    grown_mib = (_rss_anon_kib() - before) / 1024
+    assert total == len(range(0, rows, 1000))
+    assert grown_mib < 150, f"RssAnon grew by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.parametrize("axis", [-1, None])
+def test_statistics_equal_numpy_on_unpadded_data(class_files, axis):
+    root, samples = class_files
+    ds = NpyDataset(root, pad_to="longest", batch_size=4)
+    mean, variance = ds.statistics(axis=axis, verbose=False)
+    data = np.concatenate([a for _, a, _ in samples]).astype("float64")
+    reduce = 0 if axis == -1 else None
+    np.testing.assert_allclose(mean, data.mean(axis=reduce), rtol=1e-12)
+    np.testing.assert_allclose(variance, data.var(axis=reduce), rtol=1e-12)
+    padded = np.concatenate([ds[i].reshape(-1, 3) for i in range(len(ds))])
+    assert not np.allclose(mean, padded.mean(axis=reduce))  # padding is not counted
+
+
+def test_statistics_of_rows_by_chunks_and_bad_axes(rows_file, class_files, monkeypatch):
+    from keras_npy import statistics
+    monkeypatch.setattr(statistics, "_CHUNK_BYTES", 64)  # many chunks to merge
+    path, x = rows_file
+    ds = NpyDataset(path, validation_split=0.2, subset="training")
+    mean, variance = ds.statistics(verbose=False)
+    np.testing.assert_allclose(mean, x[:83].astype("float64").mean(0), rtol=1e-10)
+    np.testing.assert_allclose(variance, x[:83].astype("float64").var(0), rtol=1e-10)
+    root, _ = class_files
+    padded = NpyDataset(root, pad_to="longest")
+    with pytest.raises(ValueError) as info:
+        padded.statistics(axis=1)
+    assert str(info.value) == ("`axis` must name axes of fixed size, but the samples of x vary "
+                               "in size on axis 1. Received: axis=1")
+    with pytest.raises(ValueError) as info:
+        padded.statistics(axis=3)
+    assert str(info.value) == ("`axis` must name axes of a batch of x, which has 3 (the batch "
+                               "axis 0 excluded). Received: axis=3")

@@ -1,0 +1,114 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from keras_npy import order as order_lib
+from keras_npy.order import Order
+
+
+def _epoch(order, epoch):
+    return [order.batch(epoch, i) for i in range(order.num_batches)]
+
+
+def test_unshuffled_batches_are_sequential_with_a_short_last_batch():
+    order = Order(10, batch_size=4, shuffle=False, seed=0)
+    assert [b.tolist() for b in _epoch(order, 0)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [b.tolist() for b in _epoch(order, 5)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    dropped = Order(10, batch_size=4, shuffle=False, seed=0, drop_remainder=True)
+    assert [b.tolist() for b in _epoch(dropped, 0)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_shuffle_is_global_seeded_exactly_once_and_new_each_epoch():
+    order = Order(1000, batch_size=100, shuffle=True, seed=7)
+    first = np.concatenate(_epoch(order, 0))
+    assert sorted(first.tolist()) == list(range(1000))
+    assert order.batch(0, 0).max() - order.batch(0, 0).min() > 800  # spans the whole range
+    again = Order(1000, batch_size=100, shuffle=True, seed=7)
+    assert np.array_equal(np.concatenate(_epoch(again, 0)), first)
+    second = np.concatenate(_epoch(order, 1))
+    assert sorted(second.tolist()) == list(range(1000)) and not np.array_equal(first, second)
+    other_seed = Order(1000, batch_size=100, shuffle=True, seed=8)
+    assert not np.array_equal(np.concatenate(_epoch(other_seed, 0)), first)
+    assert np.array_equal(order.batch(0, 3), first[300:400])  # back to epoch 0
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_validation_split_partitions_exactly(shuffle):
+    kwargs = dict(batch_size=8, shuffle=shuffle, seed=3, validation_split=0.25)
+    train = Order(103, subset="training", **kwargs)
+    val = Order(103, subset="validation", **kwargs)
+    assert val.num_samples == 25 and train.num_samples == 78
+    both = np.concatenate([train.sample_ids, val.sample_ids])
+    assert sorted(both.tolist()) == list(range(103))
+    if not shuffle:  # Keras: the last fraction, in order
+        assert val.sample_ids.tolist() == list(range(78, 103))
+    else:
+        assert val.sample_ids.tolist() != list(range(78, 103))
+    # The split does not move between epochs.
+    assert set(np.concatenate(_epoch(train, 4)).tolist()) == set(train.sample_ids.tolist())
+
+
+def test_shards_partition_the_split():
+    kwargs = dict(batch_size=5, shuffle=True, seed=1, validation_split=0.2, subset="training")
+    shards = [Order(50, num_shards=3, shard_index=k, **kwargs) for k in range(3)]
+    ids = [set(np.concatenate(_epoch(s, 0)).tolist()) for s in shards]
+    assert sum(len(i) for i in ids) == 40 and len(set.union(*ids)) == 40
+    assert [s.num_samples for s in shards] == [14, 13, 13]
+
+
+def test_buckets_group_similar_lengths():
+    lengths = np.array([1, 9, 2, 8, 3, 7, 15, 4, 12, 5], np.int64)
+    order = Order(10, batch_size=2, shuffle=False, seed=0, lengths=lengths,
+                  bucket_boundaries=[5, 10])
+    batches = [b.tolist() for b in _epoch(order, 0)]
+    assert batches == [[0, 2], [4, 7], [1, 3], [5, 9], [6, 8]]
+    shuffled = Order(10, batch_size=2, shuffle=True, seed=0, lengths=lengths,
+                     bucket_boundaries=[5, 10])
+    for epoch in range(3):
+        batches = _epoch(shuffled, epoch)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+        for b in batches:
+            assert len(set(np.searchsorted([5, 10], lengths[b], side="right"))) == 1
+
+
+def test_pickles_small_and_gives_the_same_batches():
+    order = Order(2_000_000, batch_size=256, shuffle=True, seed=2)
+    copy = pickle.loads(pickle.dumps(order))
+    assert len(pickle.dumps(order)) < 4096
+    assert np.array_equal(copy.batch(3, 17), order.batch(3, 17))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "`batch_size` must be a positive integer. Received: batch_size=0"),
+    (dict(batch_size=2.0), "`batch_size` must be a positive integer. Received: batch_size=2.0"),
+    (dict(validation_split=1.5, subset="training"),
+     "`validation_split` must be between 0 and 1, received: 1.5"),
+    (dict(validation_split=0.2), "If `subset` is set, `validation_split` must be set, and "
+                                 "inversely."),
+    (dict(validation_split=0.2, subset="both"),
+     '`subset` must be either "training" or "validation", received: both'),
+    (dict(validation_split=0.2, subset="training", shuffle=True, seed=None),
+     "If using `validation_split` and shuffling the data, you must provide a `seed` argument, "
+     "to make sure that there is no overlap between the training and validation subset."),
+    (dict(num_shards=2, shard_index=2),
+     "`shard_index` must be an integer in [0, 2), num_shards being 2. Received: shard_index=2"),
+    (dict(num_shards=0), "`num_shards` must be a positive integer. Received: num_shards=0"),
+    (dict(bucket_boundaries=[5, 5]),
+     "`bucket_boundaries` must be a non-empty list of strictly increasing positive integers. "
+     "Received: bucket_boundaries=[5, 5]"),
+    (dict(seed=-1), "`seed` must be None or a non-negative integer. Received: seed=-1"),
+])
+def test_bad_arguments(kwargs, message):
+    arguments = dict(batch_size=4, shuffle=False, seed=0, validation_split=None, subset=None,
+                     num_shards=1, shard_index=0, drop_remainder=False, bucket_boundaries=None)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError) as info:
+        order_lib.check_order_arguments(**arguments)
+    assert str(info.value) == message
+
+
+def test_shuffle_must_be_a_bool():
+    with pytest.raises(TypeError) as info:
+        order_lib.check_order_arguments(4, "yes", 0, None, None, 1, 0, False, None)
+    assert str(info.value) == "`shuffle` must be True or False. Received: shuffle='yes'"

@@ -1,0 +1,212 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from keras_npy import read as read_lib
+from keras_npy.index import index_source
+from keras_npy.read import BatchReader, Padding
+
+
+def _save(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, array)
+    return path
+
+
+@pytest.fixture
+def rows(tmp_path):
+    parts = [np.arange(n * 6, dtype="float32").reshape(n, 3, 2) + 1000 * k
+             for k, n in enumerate([7, 1, 0, 12])]
+    for k, part in enumerate(parts):
+        _save(str(tmp_path / "rows" / f"x_{k}.npy"), part)
+    return index_source(str(tmp_path / "rows"), layout="rows"), np.concatenate(parts)
+
+
+@pytest.fixture
+def count_preadv(monkeypatch):
+    calls = []
+    real = os.preadv
+
+    def counting(fd, buffers, offset):
+        calls.append(len(buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(read_lib.os, "preadv", counting)
+    return calls
+
+
+def test_sequential_rows_are_one_preadv_per_file(rows, count_preadv):
+    index, whole = rows
+    reader = BatchReader(index, Padding())
+    batch = reader.read(np.arange(0, 7))
+    np.testing.assert_array_equal(batch, whole[:7])
+    assert count_preadv == [1] and batch.dtype == np.float32
+    count_preadv.clear()
+    np.testing.assert_array_equal(reader.read(np.arange(5, 20)), whole[5:20])
+    assert count_preadv == [1, 1, 1]  # the batch spans three non-empty files
+
+
+def test_shuffled_rows_come_back_in_batch_order(rows, count_preadv):
+    index, whole = rows
+    ids = np.array([19, 3, 4, 5, 0, 8, 7, 2])
+    batch = BatchReader(index, Padding()).read(ids)
+    np.testing.assert_array_equal(batch, whole[ids])
+    # Runs 2-5 and 7-8 (two files apart) and singletons; 3,4,5 fill adjacent slots.
+    assert len(count_preadv) == 5
+
+
+def test_more_rows_than_iov_max(tmp_path, monkeypatch):
+    monkeypatch.setattr(read_lib, "_IOV_MAX", 3)
+    whole = np.arange(40, dtype="int64").reshape(20, 2)
+    index = index_source(_save(str(tmp_path / "x.npy"), whole))
+    ids = np.arange(19, -1, -1)  # reversed: 20 slots, none adjacent
+    np.testing.assert_array_equal(BatchReader(index, Padding()).read(ids), whole[ids])
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_byte_order_and_memory_order_of_rows(tmp_path, order, byteorder):
+    whole = np.array(np.arange(60).reshape(10, 6), dtype=byteorder + "i4", order=order)
+    index = index_source(_save(str(tmp_path / "x.npy"), whole))
+    reader = BatchReader(index, Padding())
+    ids = np.array([9, 0, 4, 5])
+    batch = reader.read(ids)
+    np.testing.assert_array_equal(batch, whole[ids])
+    assert batch.dtype == np.dtype("int32") and batch.flags.c_contiguous
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_byte_order_and_memory_order_of_files(tmp_path, order, byteorder):
+    arrays = [np.array(np.arange(12).reshape(3, 4) * k, dtype=byteorder + "f8", order=order)
+              for k in range(3)]
+    for k, a in enumerate(arrays):
+        _save(str(tmp_path / "d" / f"{k}.npy"), a)
+    index = index_source(str(tmp_path / "d"))
+    batch = BatchReader(index, Padding()).read(np.array([2, 0]))
+    np.testing.assert_array_equal(batch, np.stack([arrays[2], arrays[0]]))
+    assert batch.dtype == np.dtype("float64")
+
+
+@pytest.fixture
+def ragged(tmp_path):
+    arrays = [np.full((n, 2), n, "int16") for n in (3, 1, 5)]
+    for k, a in enumerate(arrays):
+        a[:, 1] = np.arange(len(a))  # so that pre/post cuts are visible
+        _save(str(tmp_path / "r" / f"{k}.npy"), a)
+    return index_source(str(tmp_path / "r")), arrays
+
+
+def test_pad_to_longest_post_and_pre(ragged):
+    index, arrays = ragged
+    batch = BatchReader(index, Padding("longest", pad_value=-7)).read(np.array([0, 1]))
+    assert batch.dtype == np.int16 and batch.shape == (2, 3, 2)
+    assert batch[1].tolist() == [[1, 0], [-7, -7], [-7, -7]]
+    assert batch[0].tolist() == arrays[0].tolist()
+    pre = BatchReader(index, Padding("longest", padding="pre")).read(np.array([1, 0]))
+    assert pre[0].tolist() == [[0, 0], [0, 0], [1, 0]]
+
+
+def test_pad_to_multiple_of(ragged):
+    index, _ = ragged
+    reader = BatchReader(index, Padding("longest", pad_to_multiple_of=4))
+    assert reader.read(np.array([0, 1])).shape == (2, 4, 2)
+    assert reader.read(np.array([2])).shape == (1, 8, 2)  # the fixed axis is not padded
+    assert reader.element_shape() == (None, 2)
+
+
+@pytest.mark.parametrize("truncating, kept", [("post", [0, 1, 2, 3]), ("pre", [1, 2, 3, 4])])
+def test_fixed_length_pads_and_truncates(ragged, truncating, kept):
+    index, _ = ragged
+    reader = BatchReader(index, Padding(4, truncating=truncating, pad_value=9))
+    batch = reader.read(np.array([2, 1]))
+    assert batch.shape == (2, 4, 2) and reader.element_shape() == (4, 2)
+    assert batch[0, :, 1].tolist() == kept
+    assert batch[1].tolist() == [[1, 0], [9, 9], [9, 9], [9, 9]]
+
+
+def test_tuple_pad_to_and_casting(ragged):
+    index, _ = ragged
+    reader = BatchReader(index, Padding((2, 3)), dtype="float32")
+    batch = reader.read(np.array([1, 2]))
+    assert batch.dtype == np.float32
+    assert batch.tolist() == [[[1, 0, 0], [0, 0, 0]], [[5, 0, 0], [5, 1, 0]]]
+
+
+def test_rows_padded_to_a_fixed_length(rows):
+    index, whole = rows
+    batch = BatchReader(index, Padding((5, None))).read(np.array([3, 1]))
+    assert batch.shape == (2, 5, 2)
+    np.testing.assert_array_equal(batch[:, :3], whole[[3, 1]])
+    assert not batch[:, 3:].any()
+
+
+def test_varying_shapes_without_pad_to(ragged):
+    index, _ = ragged
+    with pytest.raises(ValueError) as info:
+        BatchReader(index, Padding(), name="x")
+    assert str(info.value) == (
+        f"Samples of x differ in shape on axis 0: {index.paths[1]} has shape (1, 2), "
+        f"{index.paths[2]} has shape (5, 2). Pass `pad_to` to pad them to one shape per "
+        "batch: pad_to=\"longest\", an int, or a tuple. Received: pad_to=None")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(pad_to="max"), ValueError, '`pad_to` must be None, "longest", a non-negative int, or '
+     "a tuple of non-negative ints and None. Received: pad_to='max'"),
+    (dict(pad_to="longest", pad_to_multiple_of=0), ValueError,
+     "`pad_to_multiple_of` must be None or a positive integer. Received: pad_to_multiple_of=0"),
+    (dict(pad_to=8, pad_to_multiple_of=4), ValueError,
+     '`pad_to_multiple_of` rounds up lengths padded with pad_to="longest"; pass both. '
+     "Received: pad_to=8"),
+    (dict(padding="left"), ValueError,
+     "`padding` must be \"pre\" or \"post\". Received: padding='left'"),
+    (dict(truncating=None), ValueError,
+     "`truncating` must be \"pre\" or \"post\". Received: truncating=None"),
+    (dict(pad_value="0"), TypeError, "`pad_value` must be a number. Received: pad_value='0'"),
+])
+def test_bad_padding_arguments(kwargs, error, message):
+    with pytest.raises(error) as info:
+        Padding(**kwargs)
+    assert str(info.value) == message
+
+
+def test_pad_value_must_fit_the_dtype(ragged):
+    index, _ = ragged
+    with pytest.raises(ValueError) as info:
+        BatchReader(index, Padding("longest", pad_value=0.5))
+    assert str(info.value) == ("`pad_value` must be representable in the data's dtype int16. "
+                               "Received: pad_value=0.5")
+    with pytest.raises(ValueError) as info:
+        BatchReader(index, Padding("longest", pad_value=70000))
+    assert str(info.value) == ("`pad_value` must be representable in the data's dtype int16. "
+                               "Received: pad_value=70000")
+
+
+def test_pad_to_tuple_of_the_wrong_rank(ragged):
+    index, _ = ragged
+    with pytest.raises(ValueError) as info:
+        BatchReader(index, Padding((3,)))
+    assert str(info.value) == ("`pad_to` must have one entry per axis of a sample of x, which "
+                               "has 2. Received: pad_to=(3,)")
+
+
+def test_a_file_that_changed_after_indexing(rows):
+    index, _ = rows
+    with open(index.paths[3], "r+b") as f:
+        f.truncate(128 + 24 * 2)
+    with pytest.raises(ValueError) as info:
+        BatchReader(index, Padding()).read(np.arange(8, 12))
+    assert str(info.value) == (f"{index.paths[3]}: expected 96 bytes at offset 128, found 48; "
+                               "the file changed after the dataset was built.")
+
+
+def test_reader_pickles_without_open_files(rows):
+    index, whole = rows
+    reader = BatchReader(index, Padding())
+    reader.read(np.arange(3))  # opens a file
+    copy = pickle.loads(pickle.dumps(reader))
+    assert copy._fds._fds == {}
+    np.testing.assert_array_equal(copy.read(np.array([10])), whole[[10]])
