@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_demo(num_samples=args.samples, epochs=args.epochs)
     print(f"Indexed {result['num_samples']} .npy files in {result['class_names']} "
           f"in {result['index_seconds']:.2f} s; trained {args.epochs} epochs in "
-          f"{result['fit_seconds']:.2f} s; final accuracy {result['accuracy']:.3f}.")
+          f"{result['fit_seconds']:.2f} s; accuracy {result['accuracy']:.3f}, validation "
+          f"accuracy {result['val_accuracy']:.3f}.")
     return 0
 
 

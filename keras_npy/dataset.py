@@ -8,6 +8,8 @@ own files.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -127,6 +129,7 @@ class NpyDataset(keras.utils.PyDataset):
                 lengths=_bucket_lengths(self.index, bucket_boundaries),
                 bucket_boundaries=bucket_boundaries),
             isinstance(self.index.x, dict))
+        _warn_if_shapes_vary_on_tensorflow(self._source.readers)
         parallel = workers > 1 or (workers > 0 and use_multiprocessing)
         self.read_ahead = ReadAhead(self._source, workers, use_multiprocessing,
                                     max_queue_size) if parallel else None
@@ -270,6 +273,22 @@ class _Labels:
         if self.label_mode == "binary":
             return labels.astype("float32").reshape(-1, 1)
         return labels
+
+
+def _warn_if_shapes_vary_on_tensorflow(readers: dict) -> None:
+    """Keras' TensorFlow trainer fixes the shape of every batch from the first
+    two it sees; say so before `fit` fails on a batch of another length."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    for name, reader in readers.items():
+        shape = reader.element_shape()
+        if None in shape:
+            warnings.warn(
+                f"Batches of {name} vary in shape (a sample is {shape}, None where batches "
+                "differ). On the TensorFlow backend, Keras' fit fixes batch shapes from the "
+                "first two batches and fails on others; pad to a fixed size (an int or tuple "
+                "`pad_to`) or use another Keras backend.", stacklevel=3)
+            return
 
 
 def _bucket_lengths(index: DatasetIndex, bucket_boundaries) -> np.ndarray | None:

@@ -1,8 +1,4 @@
-"""The README's main job: generate a data set of `.npy` files and train on it.
-
-Until the `NpyDataset` front end lands, batches are read here directly from
-the index (one `np.fromfile` per sample at the offset its header gives).
-"""
+"""The README's main job: generate a data set of `.npy` files and train on it."""
 
 from __future__ import annotations
 
@@ -12,47 +8,27 @@ import time
 
 import numpy as np
 
-from keras_npy.index import DatasetIndex, build_index
+from keras_npy.dataset import NpyDataset
 
 
 def write_demo_data(directory: str, num_samples: int = 2000, seed: int = 0) -> None:
-    """Writes `num_samples` float32 samples of shape `(16,)` as one `.npy` file
-    each, in class folders `low/` and `high/` whose means differ."""
+    """Writes `num_samples` float32 sequences of 8 features and 12 to 40 steps,
+    one `.npy` file each, in class folders `low/` and `high/` whose means
+    differ."""
     rng = np.random.default_rng(seed)
-    for name, mean in (("high", 0.75), ("low", 0.0)):
+    for name, mean in (("high", 0.5), ("low", 0.0)):
         os.makedirs(os.path.join(directory, name), exist_ok=True)
         for i in range(num_samples // 2):
-            sample = rng.normal(mean, 1.0, size=16).astype("float32")
+            steps = int(rng.integers(12, 41))
+            sample = rng.normal(mean, 1.0, size=(steps, 8)).astype("float32")
             np.save(os.path.join(directory, name, f"{i:06d}.npy"), sample)
-
-
-def make_batches(index: DatasetIndex, batch_size: int):
-    """A `keras.utils.PyDataset` over `index`, in index order."""
-    import keras
-
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return -(-index.num_samples // batch_size)
-
-        def __getitem__(self, i):
-            ids = np.arange(i * batch_size, min((i + 1) * batch_size, index.num_samples))
-            x = np.stack([_read_sample(index.x, j) for j in ids])
-            return x, index.y[ids]
-
-    return Batches()
-
-
-def _read_sample(x_index, i: int) -> np.ndarray:
-    shape = tuple(x_index.sample_shapes([i])[0])
-    count = int(np.prod(shape))
-    data = np.fromfile(x_index.paths[i], x_index.dtype, count,
-                       offset=int(x_index.data_offsets[i]))
-    return data.reshape(shape)
 
 
 def run_demo(num_samples: int = 2000, epochs: int = 3, directory: str | None = None,
              verbose: int = 1) -> dict:
-    """Generates a data set on disk, indexes it, and fits a model on it.
+    """Generates variable-length samples on disk and fits a model on them
+    through `NpyDataset`: a validation split, a global shuffle, and padding
+    to 40 steps.
 
     Args:
         num_samples: samples to generate. Defaults to `2000`.
@@ -63,7 +39,7 @@ def run_demo(num_samples: int = 2000, epochs: int = 3, directory: str | None = N
 
     Returns:
         A dict with `num_samples`, `class_names`, `index_seconds`,
-        `fit_seconds` and the final training `accuracy`.
+        `fit_seconds`, and the last epoch's `accuracy` and `val_accuracy`.
     """
     import keras
 
@@ -71,14 +47,22 @@ def run_demo(num_samples: int = 2000, epochs: int = 3, directory: str | None = N
         directory = directory or tmp
         write_demo_data(directory, num_samples)
         started = time.perf_counter()
-        index = build_index(directory, y="inferred", verbose=bool(verbose))
+        common = dict(y="inferred", label_mode="binary", batch_size=64, pad_to=40,
+                      validation_split=0.2, seed=0, verbose=bool(verbose))
+        train = NpyDataset(directory, subset="training", shuffle=True, **common)
+        val = NpyDataset(directory, subset="validation", **common)
         index_seconds = time.perf_counter() - started
-        model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(1, "sigmoid")])
-        model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-        model.optimizer.learning_rate = 0.05
+        model = keras.Sequential([
+            keras.Input((None, 8)),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy",
+                      metrics=["accuracy"])
         started = time.perf_counter()
-        history = model.fit(make_batches(index, 64), epochs=epochs, verbose=verbose)
-        return {"num_samples": index.num_samples, "class_names": index.class_names,
+        history = model.fit(train, validation_data=val, epochs=epochs, shuffle=False,
+                            verbose=verbose)
+        return {"num_samples": train.index.num_samples, "class_names": train.class_names,
                 "index_seconds": index_seconds,
                 "fit_seconds": time.perf_counter() - started,
-                "accuracy": float(history.history["accuracy"][-1])}
+                "accuracy": float(history.history["accuracy"][-1]),
+                "val_accuracy": float(history.history["val_accuracy"][-1])}

@@ -340,3 +340,30 @@ def test_statistics_of_rows_by_chunks_and_bad_axes(rows_file, class_files, monke
         padded.statistics(axis=3)
     assert str(info.value) == ("`axis` must name axes of a batch of x, which has 3 (the batch "
                                "axis 0 excluded). Received: axis=3")
+
+
+def test_varying_batch_shapes_warn_on_the_tensorflow_backend_only(class_files, recwarn):
+    root, _ = class_files
+    NpyDataset(root, pad_to="longest")
+    NpyDataset(root, pad_to=8)
+    messages = [str(w.message) for w in recwarn if "vary in shape" in str(w.message)]
+    if keras.backend.backend() == "tensorflow":
+        assert messages == [
+            "Batches of x vary in shape (a sample is (None, 3), None where batches differ). On "
+            "the TensorFlow backend, Keras' fit fixes batch shapes from the first two batches "
+            "and fails on others; pad to a fixed size (an int or tuple `pad_to`) or use another "
+            "Keras backend."]
+    else:
+        assert messages == []
+
+
+def test_fit_on_variable_length_files_padded_to_a_fixed_length(class_files):
+    root, samples = class_files
+    ds = NpyDataset(root, y="inferred", label_mode="binary", pad_to=8, batch_size=3,
+                    shuffle=True, seed=0, dtype="float32")
+    model = keras.Sequential([keras.Input((8, 3)), keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    history = model.fit(ds, epochs=2, shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert model.predict(ds, verbose=0).shape == (10, 1)
