@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -132,6 +133,7 @@ class RowIndex:
         row_starts: `int64` array of `num_files + 1`: file `f` holds samples
             `row_starts[f]` to `row_starts[f + 1] - 1`.
         fortran_order: `bool` array, whether each file is in Fortran order.
+        row_nbytes: the bytes of one row.
     """
 
     layout = "rows"
@@ -141,6 +143,7 @@ class RowIndex:
         self.paths, self.dtype, self.row_shape = paths, dtype, row_shape
         self.data_offsets, self.row_starts = data_offsets, row_starts
         self.fortran_order = fortran_order
+        self.row_nbytes = math.prod(row_shape) * dtype.itemsize
 
     @classmethod
     def from_headers(cls, paths: sources.PathTable,
@@ -180,10 +183,6 @@ class RowIndex:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return self.row_shape
-
-    @property
-    def row_nbytes(self) -> int:
-        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
     def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
         """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""

@@ -14,6 +14,7 @@ padded position holds `pad_value`, and data keep their dtype.
 
 from __future__ import annotations
 
+import bisect
 import numbers
 import os
 import threading
@@ -24,6 +25,11 @@ from keras_npy import _checks
 from keras_npy.index import FileIndex, RowIndex
 
 _IOV_MAX = 1024  # Linux's limit on buffers per preadv call
+# Runs of adjacent rows at least this long are read with preadv; shorter ones
+# are gathered from a memory map (a system call per row costs ~2 us in Python,
+# a gathered row ~0.3 us).
+_MIN_RUN_ROWS = 8
+_UNMAP_AFTER_BYTES = 256 * 2**20
 
 
 class Padding:
@@ -141,7 +147,13 @@ class BatchReader:
         self.axes = padding.axes(index.sample_shape, name)
         self._check_kept_axes()
         self.pad_value = _check_pad_value(padding.pad_value, self.native, self.dtype)
+        if isinstance(index, RowIndex):
+            # A few files: their paths and row starts as Python objects, once.
+            self._row_paths, self._row_starts = list(index.paths), index.row_starts.tolist()
+            self._row_target = padding.target_shape(
+                self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
         self._fds = _FileDescriptors()
+        self._maps = _RowMaps()
 
     def element_shape(self) -> tuple[int | None, ...]:
         """The shape of one sample of a batch, `None` where batches vary."""
@@ -151,16 +163,22 @@ class BatchReader:
     def read(self, ids: np.ndarray) -> np.ndarray:
         """The samples `ids`, stacked in that order: shape `(len(ids), ...)`."""
         ids = np.asarray(ids, np.int64)
-        shapes = self.index.sample_shapes(ids)
-        target = self.padding.target_shape(self.axes, shapes)
-        needs_fill = bool((shapes != np.array(target, np.int64)).any()) if len(ids) else False
-        out = (np.full if needs_fill else _empty)((len(ids), *target), self.pad_value,
-                                                  self.native)
-        if isinstance(self.index, RowIndex):
+        if isinstance(self.index, RowIndex):  # one shape for every row
+            target = self._row_target
+            out = self._allocate(len(ids), target, target != self.index.row_shape)
             self._read_rows(ids, out, target)
         else:
+            shapes = self.index.sample_shapes(ids)
+            target = self.padding.target_shape(self.axes, shapes)
+            fill = len(ids) > 0 and bool((shapes != np.array(target, np.int64)).any())
+            out = self._allocate(len(ids), target, fill)
             self._read_files(ids, shapes, out, target)
         return out if self.dtype == self.native else out.astype(self.dtype)
+
+    def _allocate(self, n: int, target: tuple[int, ...], fill: bool) -> np.ndarray:
+        if fill:
+            return np.full((n, *target), self.pad_value, self.native)
+        return np.empty((n, *target), self.native)
 
     def _check_kept_axes(self) -> None:
         for axis, (spec, size) in enumerate(zip(self.axes, self.index.sample_shape)):
@@ -192,41 +210,115 @@ class BatchReader:
 
     def _read_rows(self, ids, out, target) -> None:
         index = self.index
-        row_shape = index.row_shape
-        direct = self.stored == self.native and tuple(target) == row_shape
-        into = out if direct else np.empty((len(ids), *row_shape), self.stored)
-        order = np.argsort(ids, kind="stable")
-        file_ids, offsets = index.locate(ids[order])
-        for f in np.unique(file_ids):
-            mine = np.flatnonzero(file_ids == f)
-            if index.fortran_order[f]:
-                self._read_fortran_rows(int(f), ids[order[mine]], into, order[mine])
-            else:
-                self._read_runs(int(f), ids[order[mine]], offsets[mine], into, order[mine])
+        direct = self.stored == self.native and tuple(target) == index.row_shape
+        into = out if direct else np.empty((len(ids), *index.row_shape), self.stored)
+        if self._read_sequential(ids, into):
+            pass
+        elif self._gather_in_batch_order(ids, into):
+            pass
+        else:
+            order = np.argsort(ids, kind="stable")
+            sorted_ids = ids[order]
+            file_ids, offsets = index.locate(sorted_ids)
+            starts, lengths = _runs(sorted_ids, file_ids)
+            long = (lengths >= _MIN_RUN_ROWS) & ~index.fortran_order[file_ids[starts]]
+            for a, n in zip(starts[long].tolist(), lengths[long].tolist()):
+                self._read_run(int(file_ids[a]), int(offsets[a]), into, order[a:a + n])
+            if not long.all():
+                scattered = np.flatnonzero(np.repeat(~long, lengths))
+                self._gather(scattered, sorted_ids, file_ids, order, into)
         if not direct:
-            source, destination = self.padding.placement(row_shape, target)
+            source, destination = self.padding.placement(index.row_shape, target)
             out[(slice(None), *destination)] = into[(slice(None), *source)]
 
-    def _read_runs(self, f, sorted_ids, offsets, into, slots) -> None:
-        """One preadv per run of adjacent rows, scattering them into `slots`."""
-        path, fd = self.index.paths[f], self._fds.get(self.index.paths[f])
-        breaks = np.flatnonzero(np.diff(sorted_ids) != 1) + 1
-        for run in np.split(np.arange(len(sorted_ids)), breaks):
-            buffers = _slot_buffers(into, slots[run])
-            for start in range(0, len(buffers), _IOV_MAX):
-                chunk = buffers[start:start + _IOV_MAX]
-                skipped = sum(b.nbytes for b in buffers[:start])
-                _pread_into(path, fd, chunk, int(offsets[run[0]]) + skipped)
-
-    def _read_fortran_rows(self, f, sorted_ids, into, slots) -> None:
-        """Rows of a Fortran-order file are strided: read them through a
-        memory map, which touches only the pages that hold them."""
+    def _read_sequential(self, ids: np.ndarray, into: np.ndarray) -> bool:
+        """A batch of consecutive rows of one C-order file (an unshuffled
+        epoch) is one preadv into the batch; returns whether it was one."""
+        n = len(ids)
+        first, last = int(ids[0]), int(ids[-1])
+        # n strictly increasing ids spanning n - 1 are consecutive.
+        if n < _MIN_RUN_ROWS or last - first != n - 1 or not (ids[1:] > ids[:-1]).all():
+            return False
         index = self.index
-        rows = sorted_ids - index.row_starts[f]
-        mapped = np.memmap(index.paths[f], index.dtype, "r", int(index.data_offsets[f]),
-                           (int(index.num_rows[f]), *index.row_shape), order="F")
-        into[slots] = mapped[rows]
-        del mapped
+        starts = self._row_starts
+        f = bisect.bisect_right(starts, first) - 1
+        if last >= starts[f + 1] or index.fortran_order[f]:
+            return False
+        offset = int(index.data_offsets[f]) + (first - starts[f]) * index.row_nbytes
+        path = self._row_paths[f]
+        _pread_into(path, self._fds.get(path), [_bytes_of(into)], offset)
+        return True
+
+    def _gather_in_batch_order(self, ids: np.ndarray, into: np.ndarray) -> bool:
+        """A shuffled batch from one file (few adjacent rows to coalesce) is
+        one `np.take` from the file's memory map, straight into the batch;
+        returns whether it was."""
+        starts, index = self._row_starts, self.index
+        low, high = int(ids.min()), int(ids.max())
+        f = bisect.bisect_right(starts, low) - 1
+        if high >= starts[f + 1] or len(ids) < _MIN_RUN_ROWS:
+            return False
+        if high - low + 1 < 4 * len(ids) and not index.fortran_order[f]:
+            return False  # dense enough that runs may be worth a preadv each
+        mapped = self._maps.get(index, f, len(ids) * index.row_nbytes)
+        np.take(mapped, ids - starts[f], axis=0, out=into)
+        return True
+
+    def _read_run(self, f: int, offset: int, into: np.ndarray, slots: np.ndarray) -> None:
+        """One preadv per run of adjacent rows, scattering them into `slots`."""
+        path = self._row_paths[f]
+        fd = self._fds.get(path)
+        buffers = _slot_buffers(into, slots)
+        for start in range(0, len(buffers), _IOV_MAX):
+            chunk = buffers[start:start + _IOV_MAX]
+            _pread_into(path, fd, chunk, offset)
+            offset += sum(b.nbytes for b in chunk)
+
+    def _gather(self, positions, sorted_ids, file_ids, order, into) -> None:
+        """Scattered rows, and rows of Fortran-order files (which are strided),
+        are copied from a memory map of their file by numpy, in C: one system
+        call per row would cost more than the copy."""
+        index = self.index
+        for f in np.unique(file_ids[positions]).tolist():
+            mine = positions[file_ids[positions] == f]
+            rows = sorted_ids[mine] - index.row_starts[f]
+            mapped = self._maps.get(index, f, len(rows) * index.row_nbytes)
+            into[order[mine]] = mapped[rows]
+
+
+class _RowMaps:
+    """Read-only memory maps of rows files, per process (made again after a
+    fork, never pickled). Mapped pages are file cache, not anonymous memory;
+    once `_UNMAP_AFTER_BYTES` have been gathered the map is dropped and made
+    anew, so that the pages it touched leave this process' resident set."""
+
+    def __init__(self):
+        self._pid, self._maps, self._lock = os.getpid(), {}, threading.Lock()
+
+    def __reduce__(self):
+        return (_RowMaps, ())
+
+    def get(self, index: RowIndex, f: int, nbytes: int) -> np.ndarray:
+        """The map of file `f`, from which `nbytes` are about to be gathered."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._maps = os.getpid(), {}
+            entry = self._maps.get(f)
+            if entry is None or entry[1] > _UNMAP_AFTER_BYTES:
+                entry = self._maps[f] = [self._map(index, f), 0]
+            entry[1] += nbytes
+            return entry[0]
+
+    @staticmethod
+    def _map(index: RowIndex, f: int) -> np.ndarray:
+        path = index.paths[f]
+        shape = (int(index.num_rows[f]), *index.row_shape)
+        try:
+            mapped = np.memmap(path, index.dtype, "r", int(index.data_offsets[f]), shape,
+                               order="F" if index.fortran_order[f] else "C")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot map the file: {e}.") from e
+        return mapped.view(np.ndarray)  # indexing a plain array skips memmap's Python code
 
 
 def _check_pad_value(pad_value, native: np.dtype, dtype: np.dtype):
@@ -242,12 +334,16 @@ def _check_pad_value(pad_value, native: np.dtype, dtype: np.dtype):
     return converted
 
 
-def _empty(shape, fill, dtype):
-    return np.empty(shape, dtype)
-
-
 def _bytes_of(array: np.ndarray) -> memoryview:
     return memoryview(array).cast("B")
+
+
+def _runs(sorted_ids: np.ndarray, file_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of consecutive ids within one file."""
+    new = np.ones(len(sorted_ids), bool)
+    new[1:] = (np.diff(sorted_ids) != 1) | (np.diff(file_ids) != 0)
+    starts = np.flatnonzero(new)
+    return starts, np.diff(np.append(starts, len(sorted_ids)))
 
 
 def _slot_buffers(into: np.ndarray, slots: np.ndarray) -> list[memoryview]:
@@ -259,7 +355,7 @@ def _slot_buffers(into: np.ndarray, slots: np.ndarray) -> list[memoryview]:
 
 def _pread_into(path: str, fd: int | None, buffers: list[memoryview], offset: int) -> None:
     """Fills `buffers` from `offset` of the file, or says which file changed."""
-    expected = sum(b.nbytes for b in buffers)
+    expected = buffers[0].nbytes if len(buffers) == 1 else sum(b.nbytes for b in buffers)
     if expected == 0:
         return
     own = fd is None

@@ -18,7 +18,7 @@ def _save(path, array):
 @pytest.fixture
 def rows(tmp_path):
     parts = [np.arange(n * 6, dtype="float32").reshape(n, 3, 2) + 1000 * k
-             for k, n in enumerate([7, 1, 0, 12])]
+             for k, n in enumerate([9, 1, 0, 12])]
     for k, part in enumerate(parts):
         _save(str(tmp_path / "rows" / f"x_{k}.npy"), part)
     return index_source(str(tmp_path / "rows"), layout="rows"), np.concatenate(parts)
@@ -40,28 +40,38 @@ def count_preadv(monkeypatch):
 def test_sequential_rows_are_one_preadv_per_file(rows, count_preadv):
     index, whole = rows
     reader = BatchReader(index, Padding())
-    batch = reader.read(np.arange(0, 7))
-    np.testing.assert_array_equal(batch, whole[:7])
+    batch = reader.read(np.arange(0, 9))
+    np.testing.assert_array_equal(batch, whole[:9])
     assert count_preadv == [1] and batch.dtype == np.float32
     count_preadv.clear()
-    np.testing.assert_array_equal(reader.read(np.arange(5, 20)), whole[5:20])
-    assert count_preadv == [1, 1, 1]  # the batch spans three non-empty files
+    # Rows 5-8 and 9 are short runs, gathered from a memory map; 10-21 one preadv.
+    np.testing.assert_array_equal(reader.read(np.arange(5, 22)), whole[5:22])
+    assert count_preadv == [1]
 
 
 def test_shuffled_rows_come_back_in_batch_order(rows, count_preadv):
     index, whole = rows
-    ids = np.array([19, 3, 4, 5, 0, 8, 7, 2])
+    ids = np.array([19, 3, 4, 5, 0, 8, 7, 2, 21, 20, 9, 10])
     batch = BatchReader(index, Padding()).read(ids)
     np.testing.assert_array_equal(batch, whole[ids])
-    # Runs 2-5 and 7-8 (two files apart) and singletons; 3,4,5 fill adjacent slots.
-    assert len(count_preadv) == 5
+    assert count_preadv == []  # every run is short: all gathered
+
+
+def test_preadv_scatters_runs_to_their_slots(rows, count_preadv, monkeypatch):
+    monkeypatch.setattr(read_lib, "_MIN_RUN_ROWS", 1)
+    index, whole = rows
+    ids = np.array([19, 3, 4, 5, 0, 8, 7, 2, 21, 20])
+    np.testing.assert_array_equal(BatchReader(index, Padding()).read(ids), whole[ids])
+    # Runs: 0, 2-5 (slots 7, 1, 2, 3: two buffers), 7-8 (slots 6, 5), 19-21 (3 slots).
+    assert sorted(count_preadv) == [1, 2, 2, 3]
 
 
 def test_more_rows_than_iov_max(tmp_path, monkeypatch):
     monkeypatch.setattr(read_lib, "_IOV_MAX", 3)
+    monkeypatch.setattr(read_lib, "_MIN_RUN_ROWS", 1)
     whole = np.arange(40, dtype="int64").reshape(20, 2)
     index = index_source(_save(str(tmp_path / "x.npy"), whole))
-    ids = np.arange(19, -1, -1)  # reversed: 20 slots, none adjacent
+    ids = np.arange(19, -1, -1)  # reversed: one run of 20 rows into 20 slots, none adjacent
     np.testing.assert_array_equal(BatchReader(index, Padding()).read(ids), whole[ids])
 
 
@@ -198,8 +208,8 @@ def test_a_file_that_changed_after_indexing(rows):
     with open(index.paths[3], "r+b") as f:
         f.truncate(128 + 24 * 2)
     with pytest.raises(ValueError) as info:
-        BatchReader(index, Padding()).read(np.arange(8, 12))
-    assert str(info.value) == (f"{index.paths[3]}: expected 96 bytes at offset 128, found 48; "
+        BatchReader(index, Padding()).read(np.arange(10, 22))
+    assert str(info.value) == (f"{index.paths[3]}: expected 288 bytes at offset 128, found 48; "
                                "the file changed after the dataset was built.")
 
 
