@@ -228,8 +228,8 @@ class _BatchSource:
         self.order, self.multi_input = order, multi_input
 
     def batch(self, epoch: int, i: int):
-        ids = self.order.batch(epoch, i)
-        x = {name: reader.read(ids) for name, reader in self.readers.items()}
+        ids, consecutive = self.order.batch(epoch, i), self.order.consecutive
+        x = {name: reader.read(ids, consecutive) for name, reader in self.readers.items()}
         x = x if self.multi_input else x["x"]
         y = self.labels.read(ids)
         return x if y is None else (x, y)

@@ -66,6 +66,11 @@ class Order:
         if bucket_boundaries is not None:
             self._buckets = np.searchsorted(np.asarray(bucket_boundaries),
                                             lengths[self.sample_ids], side="right")
+        ids = self.sample_ids
+        #: Whether every batch is a run of consecutive sample ids (no shuffle,
+        #: no buckets, a contiguous selection), which readers need not check.
+        self.consecutive = bool(not shuffle and self._buckets is None and (
+            len(ids) == 0 or ids[-1] - ids[0] == len(ids) - 1))
         self._lock = threading.Lock()
         self._cached = None  # (epoch, ordered sample ids, batch starts)
         self.num_batches = len(self._plan(0)[1]) - 1

@@ -160,13 +160,14 @@ class BatchReader:
         return tuple(known if spec is None or spec == "longest" else spec
                      for spec, known in zip(self.axes, self.index.sample_shape))
 
-    def read(self, ids: np.ndarray) -> np.ndarray:
-        """The samples `ids`, stacked in that order: shape `(len(ids), ...)`."""
+    def read(self, ids: np.ndarray, consecutive: bool = False) -> np.ndarray:
+        """The samples `ids`, stacked in that order: shape `(len(ids), ...)`.
+        `consecutive` says that the caller knows `ids` to be `a, a + 1, ...`."""
         ids = np.asarray(ids, np.int64)
         if isinstance(self.index, RowIndex):  # one shape for every row
             target = self._row_target
             out = self._allocate(len(ids), target, target != self.index.row_shape)
-            self._read_rows(ids, out, target)
+            self._read_rows(ids, out, target, consecutive)
         else:
             shapes = self.index.sample_shapes(ids)
             target = self.padding.target_shape(self.axes, shapes)
@@ -208,11 +209,11 @@ class BatchReader:
             source, destination = self.padding.placement(shape, target)
             out[k][destination] = scratch[source]
 
-    def _read_rows(self, ids, out, target) -> None:
+    def _read_rows(self, ids, out, target, consecutive: bool) -> None:
         index = self.index
         direct = self.stored == self.native and tuple(target) == index.row_shape
         into = out if direct else np.empty((len(ids), *index.row_shape), self.stored)
-        if self._read_sequential(ids, into):
+        if self._read_sequential(ids, into, consecutive):
             pass
         elif self._gather_in_batch_order(ids, into):
             pass
@@ -231,13 +232,14 @@ class BatchReader:
             source, destination = self.padding.placement(index.row_shape, target)
             out[(slice(None), *destination)] = into[(slice(None), *source)]
 
-    def _read_sequential(self, ids: np.ndarray, into: np.ndarray) -> bool:
+    def _read_sequential(self, ids: np.ndarray, into: np.ndarray, consecutive: bool) -> bool:
         """A batch of consecutive rows of one C-order file (an unshuffled
         epoch) is one preadv into the batch; returns whether it was one."""
         n = len(ids)
         first, last = int(ids[0]), int(ids[-1])
         # n strictly increasing ids spanning n - 1 are consecutive.
-        if n < _MIN_RUN_ROWS or last - first != n - 1 or not (ids[1:] > ids[:-1]).all():
+        if n < _MIN_RUN_ROWS or last - first != n - 1 or not (
+                consecutive or (ids[1:] > ids[:-1]).all()):
             return False
         index = self.index
         starts = self._row_starts

@@ -112,3 +112,19 @@ def test_shuffle_must_be_a_bool():
     with pytest.raises(TypeError) as info:
         order_lib.check_order_arguments(4, "yes", 0, None, None, 1, 0, False, None)
     assert str(info.value) == "`shuffle` must be True or False. Received: shuffle='yes'"
+
+
+@pytest.mark.parametrize("kwargs, consecutive", [
+    (dict(), True),
+    (dict(shuffle=True), False),
+    (dict(validation_split=0.5, subset="validation"), True),
+    (dict(num_shards=2, shard_index=1), False),
+    (dict(lengths=np.arange(20), bucket_boundaries=[5]), False),
+])
+def test_consecutive_batches_are_flagged(kwargs, consecutive):
+    order = Order(20, batch_size=3, **{"shuffle": False, "seed": 0, **kwargs})
+    assert order.consecutive is consecutive
+    if consecutive:
+        for i in range(order.num_batches):
+            batch = order.batch(0, i)
+            assert (np.diff(batch) == 1).all()
