@@ -179,12 +179,14 @@ class NpyDataset(keras.utils.PyDataset):
         return self._source.order.num_batches
 
     def __getitem__(self, i):
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        if type(i) is not int and (isinstance(i, (bool, np.bool_)) or not isinstance(
+                i, (int, np.integer))):
             raise TypeError(f"Batch index must be an integer. Received: {i!r}")
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"Batch index {i} is out of range for a dataset of {len(self)} "
+        num_batches = self._source.order.num_batches
+        if not -num_batches <= i < num_batches:
+            raise IndexError(f"Batch index {i} is out of range for a dataset of {num_batches} "
                              "batches.")
-        i = int(i) % len(self)
+        i = int(i) % num_batches
         if self.read_ahead is None:
             return self._source.batch(self.epoch, i)
         return self.read_ahead.get(self.epoch, i, len(self))

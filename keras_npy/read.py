@@ -150,6 +150,8 @@ class BatchReader:
         if isinstance(index, RowIndex):
             # A few files: their paths and row starts as Python objects, once.
             self._row_paths, self._row_starts = list(index.paths), index.row_starts.tolist()
+            self._row_offsets = index.data_offsets.tolist()
+            self._row_fortran = index.fortran_order.tolist()
             self._row_target = padding.target_shape(
                 self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
         self._fds = _FileDescriptors()
@@ -244,9 +246,9 @@ class BatchReader:
         index = self.index
         starts = self._row_starts
         f = bisect.bisect_right(starts, first) - 1
-        if last >= starts[f + 1] or index.fortran_order[f]:
+        if last >= starts[f + 1] or self._row_fortran[f]:
             return False
-        offset = int(index.data_offsets[f]) + (first - starts[f]) * index.row_nbytes
+        offset = self._row_offsets[f] + (first - starts[f]) * index.row_nbytes
         path = self._row_paths[f]
         _pread_into(path, self._fds.get(path), [_bytes_of(into)], offset)
         return True
@@ -401,6 +403,9 @@ class _FileDescriptors:
         return (_FileDescriptors, ())  # a copy in another process opens its own
 
     def get(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is not None and self._pid == os.getpid():
+            return fd  # the common case needs no lock: entries are never replaced
         with self._lock:
             if self._pid != os.getpid():  # a forked worker: the parent's are not ours
                 self._pid, self._fds = os.getpid(), {}
