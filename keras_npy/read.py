@@ -37,9 +37,9 @@ class Padding:
 
     Args:
         pad_to: `None` (samples must agree in shape), `"longest"` (every axis
-            to the batch's largest), an int (the first axis to that length,
-            padded or truncated), or a tuple of the whole sample shape with
-            `None` for an axis left as it is.
+            whose size varies between samples to the batch's largest), an int
+            (the first axis to that length, padded or truncated), or a tuple
+            of the whole sample shape with `None` for an axis left as it is.
         pad_to_multiple_of: with `"longest"`, round padded lengths up to a
             multiple of this. `None` for no rounding.
         padding: `"pre"` or `"post"`: pad before or after the data.
@@ -193,9 +193,8 @@ class BatchReader:
                     f"Samples of {self.name} differ in shape on axis {axis}: "
                     f"{paths[a]} has shape {tuple(self.index.shapes[a].tolist())}, {paths[b]} "
                     f"has shape {tuple(self.index.shapes[b].tolist())}. Pass `pad_to` to pad "
-                    "them to one "
-                    f"shape per batch: pad_to=\"longest\", an int, or a tuple. Received: "
-                    f"pad_to={self.padding.pad_to!r}")
+                    "them to one shape per batch: pad_to=\"longest\", an int, or a tuple. "
+                    f"Received: pad_to={self.padding.pad_to!r}")
 
     def _read_files(self, ids, shapes, out, target) -> None:
         index = self.index
@@ -215,21 +214,9 @@ class BatchReader:
         index = self.index
         direct = self.stored == self.native and tuple(target) == index.row_shape
         into = out if direct else np.empty((len(ids), *index.row_shape), self.stored)
-        if self._read_sequential(ids, into, consecutive):
-            pass
-        elif self._gather_in_batch_order(ids, into):
-            pass
-        else:
-            order = np.argsort(ids, kind="stable")
-            sorted_ids = ids[order]
-            file_ids, offsets = index.locate(sorted_ids)
-            starts, lengths = _runs(sorted_ids, file_ids)
-            long = (lengths >= _MIN_RUN_ROWS) & ~index.fortran_order[file_ids[starts]]
-            for a, n in zip(starts[long].tolist(), lengths[long].tolist()):
-                self._read_run(int(file_ids[a]), int(offsets[a]), into, order[a:a + n])
-            if not long.all():
-                scattered = np.flatnonzero(np.repeat(~long, lengths))
-                self._gather(scattered, sorted_ids, file_ids, order, into)
+        if len(ids) and not (self._read_sequential(ids, into, consecutive)
+                             or self._gather_in_batch_order(ids, into)):
+            self._read_runs_and_gather(ids, into)
         if not direct:
             source, destination = self.padding.placement(index.row_shape, target)
             out[(slice(None), *destination)] = into[(slice(None), *source)]
@@ -267,6 +254,21 @@ class BatchReader:
         mapped = self._maps.get(index, f, len(ids) * index.row_nbytes)
         np.take(mapped, ids - starts[f], axis=0, out=into)
         return True
+
+    def _read_runs_and_gather(self, ids: np.ndarray, into: np.ndarray) -> None:
+        """The general case: rows sorted by position, long runs of adjacent
+        rows read by preadv, the rest gathered from memory maps."""
+        index = self.index
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        file_ids, offsets = index.locate(sorted_ids)
+        starts, lengths = _runs(sorted_ids, file_ids)
+        long = (lengths >= _MIN_RUN_ROWS) & ~index.fortran_order[file_ids[starts]]
+        for a, n in zip(starts[long].tolist(), lengths[long].tolist()):
+            self._read_run(int(file_ids[a]), int(offsets[a]), into, order[a:a + n])
+        if not long.all():
+            scattered = np.flatnonzero(np.repeat(~long, lengths))
+            self._gather(scattered, sorted_ids, file_ids, order, into)
 
     def _read_run(self, f: int, offset: int, into: np.ndarray, slots: np.ndarray) -> None:
         """One preadv per run of adjacent rows, scattering them into `slots`."""

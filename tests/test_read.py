@@ -220,3 +220,9 @@ def test_reader_pickles_without_open_files(rows):
     copy = pickle.loads(pickle.dumps(reader))
     assert copy._fds._fds == {}
     np.testing.assert_array_equal(copy.read(np.array([10])), whole[[10]])
+
+
+def test_an_empty_batch(rows, ragged):
+    for index in (rows[0], ragged[0]):
+        batch = BatchReader(index, Padding("longest")).read(np.array([], np.int64))
+        assert batch.shape[0] == 0 and batch.dtype == index.dtype.newbyteorder("=")
