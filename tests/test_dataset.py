@@ -367,3 +367,20 @@ def test_fit_on_variable_length_files_padded_to_a_fixed_length(class_files):
     history = model.fit(ds, epochs=2, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2
     assert model.predict(ds, verbose=0).shape == (10, 1)
+
+
+def test_buckets_batch_similar_lengths_with_little_padding(tmp_path):
+    lengths = [3, 17, 4, 18, 5, 16, 2, 19]
+    for k, n in enumerate(lengths):
+        _save(str(tmp_path / "seq" / f"{k}.npy"), np.full(n, k, "int32"))
+    ds = NpyDataset(str(tmp_path / "seq"), batch_size=2, pad_to="longest",
+                    pad_to_multiple_of=4, bucket_boundaries=[10], shuffle=True, seed=3)
+    for epoch in range(3):
+        batches = _epoch(ds)
+        ids = np.concatenate([b[:, 0] for b in batches])
+        assert sorted(ids.tolist()) == list(range(8))  # every sample once
+        for b in batches:
+            longest = max(lengths[int(v)] for v in b[:, 0])
+            assert b.shape[1] == -(-longest // 4) * 4  # the longest, rounded up to 4
+            assert len({lengths[int(v)] >= 10 for v in b[:, 0]}) == 1  # one bucket
+        ds.on_epoch_end()
