@@ -13,9 +13,9 @@ import warnings
 import keras
 import numpy as np
 
-from keras_npy import _checks, order as order_lib
-from keras_npy.index import DatasetIndex, RowIndex, build_index
-from keras_npy.read import BatchReader, Padding, check_padding
+from keras_npy import _checks
+from keras_npy.batches import build_batch_source
+from keras_npy.index import RowIndex
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import ReadAhead
 
@@ -108,27 +108,15 @@ class NpyDataset(keras.utils.PyDataset):
         _checks.check_workers(workers, use_multiprocessing, max_queue_size)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
-        order_lib.check_order_arguments(batch_size, shuffle, seed, validation_split, subset,
-                                        num_shards, shard_index, drop_remainder,
-                                        bucket_boundaries)
-        check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
-        self.index = build_index(x, y, layout=layout, class_names=class_names,
-                                 label_mode=label_mode, follow_links=follow_links,
-                                 verbose=verbose)
-        self.label_mode = label_mode
-        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
-        padding_spec = Padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
-        self._source = _BatchSource(
-            {name: BatchReader(ix, padding_spec, dtype, name)
-             for name, ix in self.index.inputs.items()},
-            _Labels(self.index, label_mode, padding_spec),
-            order_lib.Order(
-                self.index.num_samples, batch_size=batch_size, shuffle=shuffle,
-                seed=self.seed, validation_split=validation_split, subset=subset,
-                num_shards=num_shards, shard_index=shard_index, drop_remainder=drop_remainder,
-                lengths=_bucket_lengths(self.index, bucket_boundaries),
-                bucket_boundaries=bucket_boundaries),
-            isinstance(self.index.x, dict))
+        self._source = build_batch_source(
+            x, y, layout=layout, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            label_mode=label_mode, class_names=class_names, validation_split=validation_split,
+            subset=subset, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
+            padding=padding, truncating=truncating, pad_value=pad_value,
+            bucket_boundaries=bucket_boundaries, drop_remainder=drop_remainder, dtype=dtype,
+            num_shards=num_shards, shard_index=shard_index, follow_links=follow_links,
+            verbose=verbose)
+        self.index, self.seed, self.label_mode = self._source.index, self._source.seed, label_mode
         _warn_if_shapes_vary_on_tensorflow(self._source.readers)
         parallel = workers > 1 or (workers > 0 and use_multiprocessing)
         self.read_ahead = ReadAhead(self._source, workers, use_multiprocessing,
@@ -220,63 +208,6 @@ class NpyDataset(keras.utils.PyDataset):
                 f"{self.index.x!r})")
 
 
-class _BatchSource:
-    """Everything needed to make batch `i` of an epoch: small, picklable, and
-    the same in every worker."""
-
-    def __init__(self, readers: dict, labels: "_Labels", order: order_lib.Order,
-                 multi_input: bool):
-        self.readers, self.labels = readers, labels
-        self.order, self.multi_input = order, multi_input
-
-    def batch(self, epoch: int, i: int):
-        ids, consecutive = self.order.batch(epoch, i), self.order.consecutive
-        x = {name: reader.read(ids, consecutive) for name, reader in self.readers.items()}
-        x = x if self.multi_input else x["x"]
-        y = self.labels.read(ids)
-        return x if y is None else (x, y)
-
-
-class _Labels:
-    """Labels of a batch: class labels converted per `label_mode`, or targets
-    read from files like `x`."""
-
-    def __init__(self, index: DatasetIndex, label_mode, padding: Padding):
-        self.label_mode, self.values, self.reader = label_mode, None, None
-        self.num_classes = None if index.class_names is None else len(index.class_names)
-        if index.y is None or label_mode is None:
-            return
-        if isinstance(index.y, np.ndarray):
-            self.values = index.y
-            self._check_array_labels()
-        elif label_mode != "int":
-            raise ValueError(f"`label_mode={label_mode!r}` converts class labels held in "
-                             "memory; labels read from .npy files come as stored. Use "
-                             'label_mode="int", or pass `y` as an array.')
-        else:
-            self.reader = BatchReader(index.y, padding, None, "y")
-
-    def _check_array_labels(self) -> None:
-        if self.label_mode == "categorical" and self.num_classes is None:
-            if self.values.dtype.kind not in "iub" or self.values.ndim != 1:
-                raise ValueError('label_mode="categorical" one-hot encodes integer class ids; '
-                                 f"`y` has dtype {self.values.dtype} and shape "
-                                 f"{self.values.shape}.")
-            self.num_classes = int(self.values.max()) + 1 if len(self.values) else 0
-
-    def read(self, ids: np.ndarray):
-        if self.reader is not None:
-            return self.reader.read(ids)
-        if self.values is None:
-            return None
-        labels = self.values[ids]
-        if self.label_mode == "categorical":
-            return np.eye(self.num_classes, dtype="float32")[labels]
-        if self.label_mode == "binary":
-            return labels.astype("float32").reshape(-1, 1)
-        return labels
-
-
 def _warn_if_shapes_vary_on_tensorflow(readers: dict) -> None:
     """Keras' TensorFlow trainer fixes the shape of every batch from the first
     two it sees; say so before `fit` fails on a batch of another length."""
@@ -291,14 +222,3 @@ def _warn_if_shapes_vary_on_tensorflow(readers: dict) -> None:
                 "first two batches and fails on others; pad to a fixed size (an int or tuple "
                 "`pad_to`) or use another Keras backend.", stacklevel=3)
             return
-
-
-def _bucket_lengths(index: DatasetIndex, bucket_boundaries) -> np.ndarray | None:
-    """The first-axis length of each sample, the first input's, for buckets."""
-    if bucket_boundaries is None:
-        return None
-    first = next(iter(index.inputs.values()))
-    if first.sample_ndim == 0:
-        raise ValueError("`bucket_boundaries` groups samples by the length of their first "
-                         "axis, but the samples of x are scalars.")
-    return first.sample_shapes(np.arange(first.num_samples))[:, 0]
