@@ -3,6 +3,7 @@
 from keras_npy.dataset import NpyDataset
 from keras_npy.header import NpyHeader, read_header
 from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index
+from keras_npy.tf_dataset import npy_dataset, npy_dataset_from_directory
 
 __version__ = "0.1.0"
 
@@ -14,5 +15,7 @@ __all__ = [
     "RowIndex",
     "__version__",
     "build_index",
+    "npy_dataset",
+    "npy_dataset_from_directory",
     "read_header",
 ]

@@ -15,19 +15,22 @@ from keras_npy.index import DatasetIndex, build_index
 from keras_npy.read import BatchReader, Padding, check_padding
 
 
-def build_batch_source(x, y=None, *, layout="auto", batch_size=32, shuffle=False, seed=None,
+def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=32,
+                       shuffle=False, seed=None,
                        label_mode="int", class_names=None, validation_split=None,
                        subset=None, pad_to=None, pad_to_multiple_of=None, padding="post",
                        truncating="post", pad_value=0, bucket_boundaries=None,
                        drop_remainder=False, dtype=None, num_shards=1, shard_index=0,
                        follow_links=False, verbose=True) -> "BatchSource":
     """Validates the arguments (see `NpyDataset`), indexes the data from its
-    headers, and returns the `BatchSource` of its batches."""
+    headers (unless `index`, a `DatasetIndex` built with the same arguments, is
+    given), and returns the `BatchSource` of its batches."""
     order_lib.check_order_arguments(batch_size, shuffle, seed, validation_split, subset,
                                     num_shards, shard_index, drop_remainder, bucket_boundaries)
     check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
-    index = build_index(x, y, layout=layout, class_names=class_names, label_mode=label_mode,
-                        follow_links=follow_links, verbose=verbose)
+    if index is None:
+        index = build_index(x, y, layout=layout, class_names=class_names,
+                            label_mode=label_mode, follow_links=follow_links, verbose=verbose)
     seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
     padding_spec = Padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
     readers = {name: BatchReader(ix, padding_spec, dtype, name)
@@ -58,6 +61,15 @@ class BatchSource:
         self.index, self.readers, self.labels = index, readers, labels
         self.order, self.seed = order, seed
         self.multi_input = isinstance(index.x, dict)
+
+    def file_paths(self) -> list[str]:
+        """The files in unshuffled order: one per sample of this subset and
+        shard (layout "files"), or the row files (layout "rows"); for a dict
+        `x`, those of its first input."""
+        first = next(iter(self.index.inputs.values()))
+        if first.layout == "rows":
+            return list(first.paths)
+        return [first.paths[int(i)] for i in self.order.sample_ids]
 
     def batch(self, epoch: int, i: int):
         ids, consecutive = self.order.batch(epoch, i), self.order.consecutive
@@ -93,6 +105,18 @@ class Labels:
                                  f"`y` has dtype {self.values.dtype} and shape "
                                  f"{self.values.shape}.")
             self.num_classes = int(self.values.max()) + 1 if len(self.values) else 0
+
+    def element_spec(self) -> tuple[tuple[int | None, ...], np.dtype] | None:
+        """`(shape of one label, dtype)`, or `None` when batches have no labels."""
+        if self.reader is not None:
+            return self.reader.element_shape(), self.reader.dtype
+        if self.values is None:
+            return None
+        if self.label_mode == "categorical":
+            return (self.num_classes,), np.dtype("float32")
+        if self.label_mode == "binary":
+            return (1,), np.dtype("float32")
+        return self.values.shape[1:], self.values.dtype
 
     def read(self, ids: np.ndarray):
         if self.reader is not None:

@@ -15,7 +15,6 @@ import numpy as np
 
 from keras_npy import _checks
 from keras_npy.batches import build_batch_source
-from keras_npy.index import RowIndex
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import ReadAhead
 
@@ -158,10 +157,7 @@ class NpyDataset(keras.utils.PyDataset):
         """The files of this dataset in unshuffled order: one per sample (layout
         "files"), or the row files (layout "rows"). For a dict `x`, those of its
         first input."""
-        first = next(iter(self.index.inputs.values()))
-        if isinstance(first, RowIndex):
-            return list(first.paths)
-        return [first.paths[int(i)] for i in self._source.order.sample_ids]
+        return self._source.file_paths()
 
     def __len__(self) -> int:
         return self._source.order.num_batches
@@ -178,6 +174,13 @@ class NpyDataset(keras.utils.PyDataset):
         if self.read_ahead is None:
             return self._source.batch(self.epoch, i)
         return self.read_ahead.get(self.epoch, i, len(self))
+
+    def to_tf_dataset(self):
+        """The same batches as a `tf.data.Dataset`: what `keras_npy.npy_dataset`
+        returns for this dataset's arguments (its first iteration is epoch 0)."""
+        from keras_npy.tf_dataset import source_to_tf_dataset
+
+        return source_to_tf_dataset(self._source)
 
     def on_epoch_end(self) -> None:
         """Moves to the next epoch: with `shuffle`, a new order."""

@@ -1,0 +1,222 @@
+"""The `tf.data` front end: `npy_dataset` and `npy_dataset_from_directory`.
+
+The pipeline is `range(num_batches)` mapped, in parallel and in order, through
+one `tf.numpy_function` call per batch that asks the shared `BatchSource` for
+batch `(epoch, i)`: the same batches, in the same order, as `NpyDataset`. The
+epoch is the number of the iteration: each new iterator over the dataset (a
+new epoch of `fit`) draws the next one, from a one-element generator, so
+`shuffle=True` reshuffles every epoch exactly as `NpyDataset` does.
+
+TensorFlow is imported only when one of these functions is called.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from keras_npy import _checks, labels as labels_lib
+from keras_npy.batches import BatchSource, build_batch_source
+from keras_npy.index import build_index
+
+FORMATS = ("tf", "pydataset")
+
+
+def npy_dataset(x, y=None, **kwargs):
+    """A `tf.data.Dataset` of the batches `keras_npy.NpyDataset(x, y, **kwargs)` has.
+
+    Args:
+        x: as `NpyDataset`'s.
+        y: as `NpyDataset`'s.
+        **kwargs: the keyword arguments of `NpyDataset` (`layout`,
+            `batch_size`, `shuffle`, `seed`, `label_mode`, `class_names`,
+            `validation_split`, `subset`, the padding and ordering arguments,
+            `dtype`, `num_shards`, `shard_index`, `follow_links`, `verbose`)
+            but its worker arguments: tf.data reads in parallel itself.
+
+    Returns:
+        A `tf.data.Dataset` of `x`, `(x, y)`, or `(dict of x, y)` batches, with
+        an `element_spec` known from the headers (`None` on axes whose padded
+        size varies between batches), `.class_names` and `.file_paths`.
+
+    Example:
+
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/x.npy"
+    >>> np.save(path, np.arange(40, dtype="float32").reshape(10, 4))
+    >>> ds = npy_dataset(path, y=np.arange(10), batch_size=4)
+    >>> [tuple(x.shape) for x, _ in ds]
+    [(4, 4), (4, 4), (2, 4)]
+    """
+    return source_to_tf_dataset(build_batch_source(x, y, **kwargs))
+
+
+def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
+                               class_names=None, batch_size=32, shuffle=True, seed=None,
+                               validation_split=None, subset=None, follow_links=False,
+                               format="tf", verbose=True, **kwargs):
+    """Batches of `.npy` files in class folders, like
+    `keras.utils.image_dataset_from_directory`.
+
+    Arguments, defaults, checks and messages are those of
+    `image_dataset_from_directory`, so that a tutorial changes one call:
+
+    ```
+    main_directory/
+    ...class_a/
+    ......a_sample_1.npy
+    ......a_sample_2.npy
+    ...class_b/
+    ......b_sample_1.npy
+    ```
+
+    Args:
+        directory: the folder holding one sub-folder per class (with
+            `labels="inferred"`), walked recursively.
+        labels: `"inferred"` (from the sub-folders), `None` (no labels), or a
+            list/tuple of one label per file, in the sorted order of the files.
+            Defaults to `"inferred"`.
+        label_mode: `"int"`, `"categorical"`, `"binary"` or `None`. Defaults
+            to `"int"`.
+        class_names: with `labels="inferred"`, the sub-folders in label order.
+            Defaults to their sorted names.
+        batch_size: samples per batch. Defaults to `32`.
+        shuffle: a global sample shuffle, redrawn every epoch. Defaults to
+            `True`.
+        seed: seed of the shuffle and the split. Defaults to `None`.
+        validation_split: fraction held out for validation. Defaults to `None`.
+        subset: `"training"`, `"validation"` or `"both"` (returns a tuple).
+            Defaults to `None`.
+        follow_links: whether the walk enters links to folders. Defaults to
+            `False`.
+        format: `"tf"` for `tf.data.Dataset`s, `"pydataset"` for
+            `NpyDataset`s. Defaults to `"tf"`.
+        verbose: whether to print what was found. Defaults to `True`.
+        **kwargs: the padding and ordering arguments of `NpyDataset`
+            (`pad_to`, `pad_to_multiple_of`, `padding`, `truncating`,
+            `pad_value`, `bucket_boundaries`, `drop_remainder`, `dtype`,
+            `num_shards`, `shard_index`).
+
+    Returns:
+        A dataset, or a `(training, validation)` tuple with `subset="both"`;
+        each has `.class_names` and `.file_paths`.
+    """
+    _check_labels(labels, class_names)
+    labels_lib.check_label_mode(label_mode, None)
+    if format not in FORMATS:
+        raise ValueError('`format` should be either "tf" or "pydataset". '
+                         f"Received: format={format}")
+    _checks.check_validation_split(validation_split, subset, shuffle, seed, allow_both=True)
+    if labels is None or label_mode is None:
+        labels, label_mode = None, None
+    y = np.asarray(labels) if isinstance(labels, (list, tuple)) else labels
+    index = build_index(directory, y, layout="files", class_names=class_names,
+                        label_mode=label_mode, follow_links=follow_links, verbose=verbose)
+    if verbose:
+        _print_found(index)
+    subsets = ["training", "validation"] if subset == "both" else [subset]
+    datasets = [_make(format, index, directory, y, subset=s, label_mode=label_mode,
+                      batch_size=batch_size, shuffle=shuffle, seed=seed,
+                      validation_split=validation_split, follow_links=follow_links,
+                      verbose=verbose, **kwargs) for s in subsets]
+    return tuple(datasets) if subset == "both" else datasets[0]
+
+
+def source_to_tf_dataset(source: BatchSource):
+    """The `tf.data.Dataset` of a `BatchSource`'s batches, epoch after epoch."""
+    import tensorflow as tf
+
+    specs = _element_spec(source)
+    flat_specs = tf.nest.flatten(specs)
+    num_batches = source.order.num_batches
+
+    def read(epoch, i):
+        return tf.nest.flatten(source.batch(int(epoch), int(i)))
+
+    def to_batch(epoch, i):
+        flat = tf.numpy_function(read, [epoch, i], [s.dtype for s in flat_specs])
+        for tensor, spec in zip(flat, flat_specs):
+            tensor.set_shape(spec.shape)
+        return tf.nest.pack_sequence_as(specs, flat)
+
+    epochs = tf.data.Dataset.from_generator(
+        _EpochCounter(), output_signature=tf.TensorSpec((), tf.int64))
+    dataset = epochs.flat_map(
+        lambda epoch: tf.data.Dataset.range(num_batches).map(lambda i: (epoch, i)))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+    dataset = dataset.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    # Several workers each keep the batches of their own shard: distinct
+    # samples per replica. (Reading only one's shard: see `num_shards`.)
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    dataset.class_names = source.index.class_names
+    dataset.file_paths = source.file_paths()
+    return dataset
+
+
+class _EpochCounter:
+    """Called once per iteration of the dataset; yields that iteration's epoch."""
+
+    def __init__(self):
+        self._next, self._lock = 0, threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            epoch, self._next = self._next, self._next + 1
+        yield epoch
+
+
+def _element_spec(source: BatchSource):
+    import tensorflow as tf
+
+    x = {name: tf.TensorSpec((None, *reader.element_shape()), tf.as_dtype(reader.dtype))
+         for name, reader in source.readers.items()}
+    x = x if source.multi_input else x["x"]
+    y = source.labels.element_spec()
+    if y is None:
+        return x
+    shape, dtype = y
+    return x, tf.TensorSpec((None, *shape), tf.as_dtype(dtype))
+
+
+def _check_labels(labels, class_names) -> None:
+    """Keras' checks of `labels` and `class_names`, with Keras' messages."""
+    if labels not in ("inferred", None):
+        if not isinstance(labels, (list, tuple)):
+            raise ValueError(
+                "`labels` argument should be a list/tuple of integer labels, of the same size "
+                "as the number of .npy files in the target directory. If you wish to infer "
+                "the labels from the subdirectory names in the target directory, pass "
+                '`labels="inferred"`. If you wish to get a dataset that only contains samples '
+                f"(no labels), pass `labels=None`. Received: labels={labels}")
+        if class_names:
+            raise ValueError('You can only pass `class_names` if `labels="inferred"`. '
+                             f"Received: labels={labels}, and class_names={class_names}")
+
+
+def _print_found(index) -> None:
+    if index.class_names is not None:
+        print(f"Found {index.num_samples} files belonging to {len(index.class_names)} "
+              "classes.")
+    else:
+        print(f"Found {index.num_samples} files.")
+
+
+def _make(format, index, directory, y, **kwargs):
+    """One dataset of `npy_dataset_from_directory`, from the index built once."""
+    if format == "pydataset":
+        from keras_npy.dataset import NpyDataset
+
+        inferred = isinstance(y, str)
+        dataset = NpyDataset(directory, y, layout="files",
+                             class_names=index.class_names if inferred else None, **kwargs)
+        count = dataset.num_samples
+    else:
+        source = build_batch_source(index=index, **kwargs)
+        dataset, count = source_to_tf_dataset(source), source.order.num_samples
+    if kwargs["verbose"] and kwargs["subset"] is not None:
+        print(f"Using {count} files for {kwargs['subset']}.")
+    return dataset

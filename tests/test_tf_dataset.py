@@ -1,0 +1,187 @@
+"""The tf.data front end (TensorFlow backend; CI runs this file there)."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory
+
+
+def _save(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, array)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = _save(str(tmp_path / "rows.npy"), rng.normal(size=(57, 3)).astype("float32"))
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        for j in range(7):
+            _save(str(tmp_path / "cls" / name / f"{j}.npy"),
+                  np.full((2 + (j * 5 + c) % 6, 2), 10 * c + j, "int16"))
+    return {"rows": rows, "dir": str(tmp_path / "cls"), "tmp": tmp_path}
+
+
+def _assert_same_batches(tf_dataset, pydataset, epochs=2):
+    for _ in range(epochs):
+        got = list(tf_dataset.as_numpy_iterator())
+        assert len(got) == len(pydataset)
+        for i, batch in enumerate(got):
+            expected = pydataset[i]
+            for g, e in zip(tf.nest.flatten(batch), tf.nest.flatten(expected)):
+                assert g.dtype == e.dtype
+                np.testing.assert_array_equal(g, e)
+        pydataset.on_epoch_end()
+
+
+CASES = {
+    "rows shuffled": lambda d: ((d["rows"],), dict(y=np.arange(57), batch_size=8,
+                                                  shuffle=True, seed=1)),
+    "rows split and sharded": lambda d: ((d["rows"],), dict(
+        batch_size=5, shuffle=True, seed=2, validation_split=0.3, subset="training",
+        num_shards=2, shard_index=1, drop_remainder=True)),
+    "files padded, inferred": lambda d: ((d["dir"],), dict(
+        y="inferred", batch_size=4, shuffle=True, seed=3, pad_to="longest",
+        label_mode="categorical")),
+    "files bucketed": lambda d: ((d["dir"],), dict(
+        batch_size=3, shuffle=True, seed=4, pad_to="longest", pad_to_multiple_of=2,
+        bucket_boundaries=[4])),
+    "fixed length, pre": lambda d: ((d["dir"],), dict(
+        batch_size=6, pad_to=4, padding="pre", truncating="pre", pad_value=-1,
+        dtype="float32")),
+    "multi-input": lambda d: (({"a": d["rows"], "b": d["rows"]},), dict(
+        y=d["rows"], batch_size=10, shuffle=True, seed=5)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_batches_as_npy_dataset(data, case):
+    args, kwargs = CASES[case](data)
+    _assert_same_batches(npy_dataset(*args, **kwargs), NpyDataset(*args, **kwargs))
+    pydataset = NpyDataset(*args, **kwargs)
+    _assert_same_batches(pydataset.to_tf_dataset(), NpyDataset(*args, **kwargs))
+
+
+def test_element_spec_from_headers(data):
+    ds = npy_dataset(data["dir"], y="inferred", pad_to="longest", batch_size=4)
+    x_spec, y_spec = ds.element_spec
+    assert x_spec == tf.TensorSpec((None, None, 2), tf.int16)
+    assert y_spec == tf.TensorSpec((None,), tf.int32)
+    fixed = npy_dataset(data["dir"], pad_to=8, dtype="float64")
+    assert fixed.element_spec == tf.TensorSpec((None, 8, 2), tf.float64)
+    multi = npy_dataset({"a": data["rows"]}, y=data["rows"])
+    assert multi.element_spec == ({"a": tf.TensorSpec((None, 3), tf.float32)},
+                                  tf.TensorSpec((None, 3), tf.float32))
+    assert int(ds.cardinality()) == 6 and ds.class_names == ["cat", "dog", "eel"]
+    assert ds.file_paths == NpyDataset(data["dir"], pad_to="longest").file_paths
+
+
+def test_fit_learns_a_linear_target(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2048, 4)).astype("float32")
+    w = np.array([[1.5], [-2.0], [0.5], [3.0]], "float32")
+    path = _save(str(tmp_path / "x.npy"), x)
+    ds = npy_dataset(path, y=x @ w, batch_size=64, shuffle=True, seed=0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(ds, epochs=5, verbose=0)
+    np.testing.assert_allclose(model.get_weights()[0], w, atol=1e-3)
+
+
+def test_from_directory_mirrors_keras(data, capsys):
+    train, val = npy_dataset_from_directory(data["dir"], validation_split=0.25, subset="both",
+                                            seed=7, pad_to="longest", batch_size=4)
+    assert capsys.readouterr().out == ("Found 21 files belonging to 3 classes.\n"
+                                       "Using 16 files for training.\n"
+                                       "Using 5 files for validation.\n")
+    assert train.class_names == val.class_names == ["cat", "dog", "eel"]
+    assert sorted(train.file_paths + val.file_paths) == sorted(
+        NpyDataset(data["dir"], pad_to="longest").file_paths)
+    seen = [int(v) for x, y in list(train) + list(val) for v in x[:, 0, 0].numpy()]
+    assert sorted(seen) == sorted(10 * c + j for c in range(3) for j in range(7))
+    unlabeled = npy_dataset_from_directory(data["dir"], labels=None, pad_to=3, verbose=False)
+    assert unlabeled.element_spec == tf.TensorSpec((None, 3, 2), tf.int16)
+    assert capsys.readouterr().out == ""
+
+
+def test_from_directory_as_pydatasets(data):
+    train, val = npy_dataset_from_directory(data["dir"], validation_split=0.25, subset="both",
+                                            seed=7, pad_to=6, format="pydataset",
+                                            verbose=False)
+    assert isinstance(train, NpyDataset) and isinstance(val, NpyDataset)
+    assert train.num_samples + val.num_samples == 21 and train.class_names == ["cat", "dog",
+                                                                              "eel"]
+    tf_train = npy_dataset_from_directory(data["dir"], validation_split=0.25,
+                                          subset="training", seed=7, pad_to=6, verbose=False)
+    _assert_same_batches(tf_train, train, epochs=1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(labels="folders"), "`labels` argument should be a list/tuple of integer labels, of "
+     "the same size as the number of .npy files in the target directory. If you wish to "
+     "infer the labels from the subdirectory names in the target directory, pass "
+     '`labels="inferred"`. If you wish to get a dataset that only contains samples (no '
+     "labels), pass `labels=None`. Received: labels=folders"),
+    (dict(labels=[0] * 21, class_names=["a"]), 'You can only pass `class_names` if '
+     '`labels="inferred"`. Received: labels=[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '
+     "0, 0, 0, 0, 0], and class_names=['a']"),
+    (dict(format="grain"), '`format` should be either "tf" or "pydataset". Received: '
+     "format=grain"),
+    (dict(validation_split=0.2, subset="both"), "If using `validation_split` and shuffling "
+     "the data, you must provide a `seed` argument, to make sure that there is no overlap "
+     "between the training and validation subset."),
+    (dict(subset="all", validation_split=0.2, seed=1), '`subset` must be either "training", '
+     '"validation" or "both", received: all'),
+    (dict(label_mode="sparse"), '`label_mode` argument must be one of "int", "categorical", '
+     '"binary", or None. Received: label_mode=\'sparse\''),
+])
+def test_from_directory_errors(data, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        npy_dataset_from_directory(data["dir"], pad_to=4, **kwargs)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(pad_to="max"),
+                                    dict(num_shards=2, shard_index=3), dict(layout="cols")])
+def test_errors_match_npy_dataset(data, kwargs):
+    with pytest.raises(ValueError) as tf_error:
+        npy_dataset(data["rows"], **kwargs)
+    with pytest.raises(ValueError) as py_error:
+        NpyDataset(data["rows"], **kwargs)
+    assert str(tf_error.value) == str(py_error.value)
+
+
+MIRRORED = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, keras_npy
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+ds = keras_npy.npy_dataset({path!r}, y=np.arange(96), batch_size=16, shuffle=True, seed=0)
+seen = []
+for x, y in strategy.experimental_distribute_dataset(ds):
+    for part in strategy.experimental_local_results(y):
+        seen.extend(part.numpy().tolist())
+assert sorted(seen) == list(range(96)), seen
+with strategy.scope():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+history = model.fit(ds, epochs=2, verbose=0)
+print(strategy.num_replicas_in_sync, len(history.history["loss"]))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    path = _save(str(tmp_path / "x.npy"), np.arange(192, dtype="float32").reshape(96, 2))
+    done = subprocess.run([sys.executable, "-c", MIRRORED.format(path=path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "2 2"
