@@ -62,14 +62,14 @@ class Order:
         self.drop_remainder = drop_remainder
         self.sample_ids = select_samples(num_samples, validation_split, subset, shuffle, seed,
                                          num_shards, shard_index)
-        self._buckets = None
+        self.buckets = None  # the bucket of each selected sample
         if bucket_boundaries is not None:
-            self._buckets = np.searchsorted(np.asarray(bucket_boundaries),
+            self.buckets = np.searchsorted(np.asarray(bucket_boundaries),
                                             lengths[self.sample_ids], side="right")
         ids = self.sample_ids
         #: Whether every batch is a run of consecutive sample ids (no shuffle,
         #: no buckets, a contiguous selection), which readers need not check.
-        self.consecutive = bool(not shuffle and self._buckets is None and (
+        self.consecutive = bool(not shuffle and self.buckets is None and (
             len(ids) == 0 or ids[-1] - ids[0] == len(ids) - 1))
         self._lock = threading.Lock()
         self._cached = None  # (epoch, ordered sample ids, batch starts)
@@ -96,10 +96,10 @@ class Order:
         positions = np.arange(len(self.sample_ids))
         if self.shuffle:
             positions = rng.permutation(positions)
-        groups = [positions] if self._buckets is None else [
-            positions[self._buckets[positions] == b] for b in np.unique(self._buckets)]
+        groups = [positions] if self.buckets is None else [
+            positions[self.buckets[positions] == b] for b in np.unique(self.buckets)]
         batches = [chunk for group in groups for chunk in self._cut(group)]
-        if self.shuffle and self._buckets is not None:
+        if self.shuffle and self.buckets is not None:
             batches = [batches[k] for k in rng.permutation(len(batches))]
         sizes = [len(b) for b in batches]
         ordered = np.concatenate(batches) if batches else positions[:0]

@@ -58,6 +58,12 @@ CASES = {
         dtype="float32")),
     "multi-input": lambda d: (({"a": d["rows"], "b": d["rows"]},), dict(
         y=d["rows"], batch_size=10, shuffle=True, seed=5)),
+    "rows, many small batches": lambda d: ((d["rows"],), dict(
+        y=np.arange(57), batch_size=2, shuffle=True, seed=6, label_mode="categorical")),
+    "multi-input, small batches": lambda d: (({"a": d["rows"], "b": d["rows"]},), dict(
+        y=d["rows"], batch_size=3, shuffle=True, seed=7)),
+    "fixed length, small batches": lambda d: ((d["dir"],), dict(
+        y="inferred", batch_size=2, pad_to=5, shuffle=True, seed=8)),
 }
 
 
