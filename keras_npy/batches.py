@@ -71,11 +71,15 @@ class BatchSource:
             return list(first.paths)
         return [first.paths[int(i)] for i in self.order.sample_ids]
 
-    def batch(self, epoch: int, i: int):
+    def batch(self, epoch: int, i: int, view: bool = False):
+        """Batch `i` of `epoch`: `x`, `(x, y)` or `(dict of x, y)`. With
+        `view`, unconverted consecutive rows may be read-only views of memory
+        maps (see `BatchReader.read`)."""
         ids, consecutive = self.order.batch(epoch, i), self.order.consecutive
-        x = {name: reader.read(ids, consecutive) for name, reader in self.readers.items()}
+        x = {name: reader.read(ids, consecutive, view)
+             for name, reader in self.readers.items()}
         x = x if self.multi_input else x["x"]
-        y = self.labels.read(ids)
+        y = self.labels.read(ids, consecutive, view)
         return x if y is None else (x, y)
 
 
@@ -118,9 +122,9 @@ class Labels:
             return (1,), np.dtype("float32")
         return self.values.shape[1:], self.values.dtype
 
-    def read(self, ids: np.ndarray):
+    def read(self, ids: np.ndarray, consecutive: bool = False, view: bool = False):
         if self.reader is not None:
-            return self.reader.read(ids)
+            return self.reader.read(ids, consecutive, view)
         if self.values is None:
             return None
         labels = self.values[ids]

@@ -162,10 +162,19 @@ class BatchReader:
         return tuple(known if spec is None or spec == "longest" else spec
                      for spec, known in zip(self.axes, self.index.sample_shape))
 
-    def read(self, ids: np.ndarray, consecutive: bool = False) -> np.ndarray:
+    def read(self, ids: np.ndarray, consecutive: bool = False,
+             view: bool = False) -> np.ndarray:
         """The samples `ids`, stacked in that order: shape `(len(ids), ...)`.
-        `consecutive` says that the caller knows `ids` to be `a, a + 1, ...`."""
+
+        `consecutive` says that the caller knows `ids` to be `a, a + 1, ...`.
+        With `view`, consecutive rows that need no conversion come back as a
+        read-only view of the file's memory map, copied by no one but the
+        caller (tf.data copies what a `numpy_function` returns anyway)."""
         ids = np.asarray(ids, np.int64)
+        if view and isinstance(self.index, RowIndex):
+            rows = self._view_rows(ids, consecutive)
+            if rows is not None:
+                return rows
         if isinstance(self.index, RowIndex):  # one shape for every row
             target = self._row_target
             out = self._allocate(len(ids), target, target != self.index.row_shape)
@@ -239,6 +248,23 @@ class BatchReader:
         path = self._row_paths[f]
         _pread_into(path, self._fds.get(path), [_bytes_of(into)], offset)
         return True
+
+    def _view_rows(self, ids: np.ndarray, consecutive: bool) -> np.ndarray | None:
+        """A view of consecutive rows of one C-order file in native byte order
+        and the output dtype, unpadded; `None` when that is not what is asked."""
+        n = len(ids)
+        if (not n or self.stored != self.native or self.dtype != self.native
+                or self._row_target != self.index.row_shape):
+            return None
+        first, last = int(ids[0]), int(ids[-1])
+        if last - first != n - 1 or not (consecutive or (ids[1:] > ids[:-1]).all()):
+            return None
+        f = bisect.bisect_right(self._row_starts, first) - 1
+        if last >= self._row_starts[f + 1] or self._row_fortran[f]:
+            return None
+        mapped = self._maps.get(self.index, f, n * self.index.row_nbytes)
+        start = first - self._row_starts[f]
+        return mapped[start:start + n]
 
     def _gather_in_batch_order(self, ids: np.ndarray, into: np.ndarray) -> bool:
         """A shuffled batch from one file (few adjacent rows to coalesce) is

@@ -131,8 +131,8 @@ def source_to_tf_dataset(source: BatchSource):
     flat_specs = tf.nest.flatten(specs)
     num_batches = source.order.num_batches
 
-    def read(epoch, i):
-        return tf.nest.flatten(source.batch(int(epoch), int(i)))
+    def read(epoch, i):  # TensorFlow copies the result: memory-map views suffice
+        return tf.nest.flatten(source.batch(int(epoch), int(i), view=True))
 
     def to_batch(epoch, i):
         flat = tf.numpy_function(read, [epoch, i], [s.dtype for s in flat_specs])

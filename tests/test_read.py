@@ -226,3 +226,18 @@ def test_an_empty_batch(rows, ragged):
     for index in (rows[0], ragged[0]):
         batch = BatchReader(index, Padding("longest")).read(np.array([], np.int64))
         assert batch.shape[0] == 0 and batch.dtype == index.dtype.newbyteorder("=")
+
+
+def test_views_of_consecutive_rows(rows, tmp_path):
+    index, whole = rows
+    reader = BatchReader(index, Padding())
+    view = reader.read(np.arange(10, 20), consecutive=True, view=True)
+    np.testing.assert_array_equal(view, whole[10:20])
+    assert not view.flags.writeable and not view.flags.owndata
+    across_files = reader.read(np.arange(5, 15), view=True)  # two files: read, not viewed
+    np.testing.assert_array_equal(across_files, whole[5:15])
+    assert across_files.flags.writeable
+    swapped = index_source(_save(str(tmp_path / "b.npy"), whole.astype(">f4")))
+    copy = BatchReader(swapped, Padding()).read(np.arange(3), view=True)
+    assert copy.dtype == np.dtype("float32") and copy.flags.writeable
+    np.testing.assert_array_equal(copy, whole[:3])

@@ -44,6 +44,8 @@ def _assert_same_batches(tf_dataset, pydataset, epochs=2):
 CASES = {
     "rows shuffled": lambda d: ((d["rows"],), dict(y=np.arange(57), batch_size=8,
                                                   shuffle=True, seed=1)),
+    "rows in order, labels in a file": lambda d: ((d["rows"],), dict(
+        y=d["rows"], batch_size=8)),
     "rows split and sharded": lambda d: ((d["rows"],), dict(
         batch_size=5, shuffle=True, seed=2, validation_split=0.3, subset="training",
         num_shards=2, shard_index=1, drop_remainder=True)),
