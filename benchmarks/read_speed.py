@@ -100,26 +100,31 @@ def bench_rows(root: str, rows: int, repeats: int) -> None:
            timed(lambda: each(shuffled.__getitem__, range(len(shuffled))), repeats), raw)
 
 
-def bench_files(root: str, num_files: int, size: int, repeats: int) -> None:
-    from keras_npy import NpyDataset
-
+def write_files(root: str, num_files: int, size: int) -> str:
+    """Writes `num_files` float32 samples of `size` data bytes, one file each."""
     folder = os.path.join(root, f"files_{size}")
     os.makedirs(folder)
     sample = np.zeros(size // 4, "float32")
     for i in range(num_files):
         np.save(os.path.join(folder, f"{i:07d}.npy"), sample)
-    ds = NpyDataset(folder, batch_size=256, verbose=False)
-    paths = ds.file_paths
+    return folder
 
-    def open_read_close():
-        for path in paths:
-            with open(path, "rb") as f:
-                f.read()
+
+def open_read_close(path: str) -> None:
+    with open(path, "rb") as f:
+        f.read()
+
+
+def bench_files(root: str, num_files: int, size: int, repeats: int) -> None:
+    from keras_npy import NpyDataset
+
+    ds = NpyDataset(write_files(root, num_files, size), batch_size=256, verbose=False)
+    paths = ds.file_paths
 
     print(f"files: {num_files} files of {size // 1024} KiB of data, batch 256 "
           "(files/s; ratio to the open+read+close loop)")
     raw = report("Python open+read+close loop", num_files, "files/s",
-                 timed(open_read_close, repeats))
+                 timed(lambda: each(open_read_close, paths), repeats))
     report("np.load loop", num_files, "files/s",
            timed(lambda: each(np.load, paths), repeats), raw)
     report("NpyDataset ds[i]", num_files, "files/s",

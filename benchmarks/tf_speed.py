@@ -24,7 +24,8 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.read_speed import ROW, each, preadv_loop, report, timed
+from benchmarks.read_speed import (ROW, each, open_read_close, preadv_loop, report, timed,
+                                   write_files)
 
 
 def consume(tf, dataset):
@@ -75,18 +76,9 @@ def bench_rows(tf, root: str, rows: int, repeats: int) -> None:
 def bench_files(tf, root: str, num_files: int, size: int, repeats: int) -> None:
     from keras_npy import npy_dataset
 
-    folder = os.path.join(root, f"files_{size}")
-    os.makedirs(folder)
-    sample = np.zeros(size // 4, "float32")
-    for i in range(num_files):
-        np.save(os.path.join(folder, f"{i:07d}.npy"), sample)
+    folder = write_files(root, num_files, size)
     ours = npy_dataset(folder, batch_size=256, verbose=False)
     paths = ours.file_paths
-
-    def open_read_close(path):
-        with open(path, "rb") as f:
-            f.read()
-
     print(f"files: {num_files} files of {size // 1024} KiB, batch 256 "
           "(files/s; ratio to the open+read+close loop)")
     raw = report("Python open+read+close loop", num_files, "files/s",

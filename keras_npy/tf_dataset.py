@@ -146,13 +146,12 @@ def source_to_tf_dataset(source: BatchSource):
     # model); rows are a view or one gather per batch, and gain from parallel
     # calls.
     files = any(r.index.layout == "files" for r in source.readers.values())
-    parallel = None if files else tf.data.AUTOTUNE
+    parallel = {} if files else dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def epoch_batches(epoch):
         # Every dataset stage costs per element (tens of microseconds here):
         # packing happens inside the map, and only prefetch follows.
-        return tf.data.Dataset.range(num_batches).map(
-            lambda i: to_batch(epoch, i), num_parallel_calls=parallel, deterministic=True)
+        return tf.data.Dataset.range(num_batches).map(lambda i: to_batch(epoch, i), **parallel)
 
     epochs = tf.data.Dataset.from_generator(
         _EpochCounter(), output_signature=tf.TensorSpec((), tf.int64))
