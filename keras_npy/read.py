@@ -146,7 +146,7 @@ class BatchReader:
         self.dtype = np.dtype(dtype) if dtype is not None else self.native
         self.axes = padding.axes(index.sample_shape, name)
         self._check_kept_axes()
-        self.pad_value = _check_pad_value(padding.pad_value, self.native, self.dtype)
+        self.pad_value = _check_pad_value(padding.pad_value, self.native)
         if isinstance(index, RowIndex):
             # A few files: their paths and row starts as Python objects, once.
             self._row_paths, self._row_starts = list(index.paths), index.row_starts.tolist()
@@ -233,38 +233,43 @@ class BatchReader:
     def _read_sequential(self, ids: np.ndarray, into: np.ndarray, consecutive: bool) -> bool:
         """A batch of consecutive rows of one C-order file (an unshuffled
         epoch) is one preadv into the batch; returns whether it was one."""
-        n = len(ids)
-        first, last = int(ids[0]), int(ids[-1])
-        # n strictly increasing ids spanning n - 1 are consecutive.
-        if n < _MIN_RUN_ROWS or last - first != n - 1 or not (
-                consecutive or (ids[1:] > ids[:-1]).all()):
+        found = self._one_run(ids, consecutive)
+        if found is None:
             return False
-        index = self.index
-        starts = self._row_starts
-        f = bisect.bisect_right(starts, first) - 1
-        if last >= starts[f + 1] or self._row_fortran[f]:
-            return False
-        offset = self._row_offsets[f] + (first - starts[f]) * index.row_nbytes
+        f, row = found
         path = self._row_paths[f]
+        offset = self._row_offsets[f] + row * self.index.row_nbytes
         _pread_into(path, self._fds.get(path), [_bytes_of(into)], offset)
         return True
 
     def _view_rows(self, ids: np.ndarray, consecutive: bool) -> np.ndarray | None:
         """A view of consecutive rows of one C-order file in native byte order
         and the output dtype, unpadded; `None` when that is not what is asked."""
-        n = len(ids)
-        if (not n or self.stored != self.native or self.dtype != self.native
+        if (self.stored != self.native or self.dtype != self.native
                 or self._row_target != self.index.row_shape):
             return None
+        found = self._one_run(ids, consecutive)
+        if found is None:
+            return None
+        f, row = found
+        mapped = self._maps.get(self.index, f, len(ids) * self.index.row_nbytes)
+        return mapped[row:row + len(ids)]
+
+    def _one_run(self, ids: np.ndarray, consecutive: bool) -> tuple[int, int] | None:
+        """`(file, first row in it)` when `ids` are at least `_MIN_RUN_ROWS`
+        consecutive rows of one C-order file, else `None`."""
+        n = len(ids)
+        if n < _MIN_RUN_ROWS:
+            return None
         first, last = int(ids[0]), int(ids[-1])
+        # n strictly increasing ids spanning n - 1 are consecutive.
         if last - first != n - 1 or not (consecutive or (ids[1:] > ids[:-1]).all()):
             return None
-        f = bisect.bisect_right(self._row_starts, first) - 1
-        if last >= self._row_starts[f + 1] or self._row_fortran[f]:
+        starts = self._row_starts
+        f = bisect.bisect_right(starts, first) - 1
+        if last >= starts[f + 1] or self._row_fortran[f]:
             return None
-        mapped = self._maps.get(self.index, f, n * self.index.row_nbytes)
-        start = first - self._row_starts[f]
-        return mapped[start:start + n]
+        return f, first - starts[f]
 
     def _gather_in_batch_order(self, ids: np.ndarray, into: np.ndarray) -> bool:
         """A shuffled batch from one file (few adjacent rows to coalesce) is
@@ -353,7 +358,7 @@ class _RowMaps:
         return mapped.view(np.ndarray)  # indexing a plain array skips memmap's Python code
 
 
-def _check_pad_value(pad_value, native: np.dtype, dtype: np.dtype):
+def _check_pad_value(pad_value, native: np.dtype):
     """The pad value as the data's dtype; it must be exactly representable."""
     try:
         converted = np.array(pad_value).astype(native)
