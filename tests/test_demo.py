@@ -25,16 +25,23 @@ def test_demo_command(tmp_path):
                      r"epochs in [0-9.]+ s; accuracy [0-9.]+, validation accuracy [0-9.]+\.$", done.stdout, re.M)
 
 
-def test_readme_quickstart_runs_and_prints_what_it_says(tmp_path):
+def _run_readme_example(heading, cwd):
+    """Runs the first Python block after `heading` and checks each printed line against the
+    comment on its `print(` line."""
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", readme, re.S).group(1)
+    code = re.search(rf"## {heading}\n.*?```python\n(.*?)```", readme, re.S).group(1)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+                          cwd=cwd, timeout=300)
     assert done.returncode == 0, done.stderr
     expected = [re.search(r"# (.*)", line).group(1).split(";")[0]
                 for line in code.splitlines() if line.startswith("print(")]
     assert done.stdout.splitlines() == expected
+
+
+def test_readme_examples_run_and_print_what_they_say(tmp_path):
+    _run_readme_example("Quickstart", tmp_path)
+    _run_readme_example("Preprocessing that ships with the model", tmp_path)  # uses data/
 
 
 def test_ci_runs_the_readme_commands():
