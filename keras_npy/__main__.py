@@ -1,26 +1,128 @@
-"""The `keras-npy` command line (also `python -m keras_npy`)."""
+"""The `keras-npy` command line (also `python -m keras_npy`).
+
+Commands: `inspect` a tree of `.npy` files, compute its `stats` for a
+normalization layer, `bench` how fast it reads, and run the `demo`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="keras-npy", description=__doc__)
+    """Runs one command; returns the exit status (1 when `inspect` finds
+    problems or the data cannot be read, 2 for bad arguments)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:  # bad data or arguments, named in the message
+        print(f"keras-npy {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keras-npy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="generate .npy data on disk and train on it")
+    inspect = commands.add_parser("inspect", help="what a tree of .npy files holds, and "
+                                  "every file that is wrong (exit status 1 if any)")
+    inspect.add_argument("path", help="a directory, glob or .npy file")
+    _add_source_options(inspect)
+    inspect.set_defaults(run=_inspect)
+
+    stats = commands.add_parser("stats", help="streaming mean and variance, saved for "
+                                "keras_npy.normalization_layer")
+    stats.add_argument("path", help="a directory, glob or .npy file")
+    stats.add_argument("--axis", type=_axis, default=-1,
+                       help="the axes that keep a mean each, as keras.layers.Normalization's "
+                       "(e.g. -1, '1,2' or 'none'); default -1")
+    stats.add_argument("--output", "-o", default="stats.npz",
+                       help="the .npz file to write; default stats.npz")
+    stats.add_argument("--layout", choices=("auto", "files", "rows"), default="auto")
+    _add_source_options(stats)
+    stats.set_defaults(run=_stats)
+
+    bench = commands.add_parser("bench", help="samples/s and MB/s of your data through "
+                                "NpyDataset and npy_dataset, next to the raw read rate")
+    bench.add_argument("path", help="a directory, glob or .npy file")
+    bench.add_argument("--batch-size", type=int, default=32, help="default 32")
+    bench.add_argument("--batches", type=int, default=200,
+                       help="batches read per pass; default 200")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_source_options(bench)
+    bench.set_defaults(run=_bench)
+
+    demo = commands.add_parser("demo", help="generate .npy data on disk, train on it with "
+                               "both front ends, export and serve the model")
     demo.add_argument("--samples", type=int, default=2000, help="samples to generate")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs")
-    args = parser.parse_args(argv)
-    from keras_npy.demo import run_demo
+    demo.set_defaults(run=_demo)
+    return parser
 
-    result = run_demo(num_samples=args.samples, epochs=args.epochs)
-    print(f"Indexed {result['num_samples']} .npy files in {result['class_names']} "
-          f"in {result['index_seconds']:.2f} s; trained {args.epochs} epochs in "
-          f"{result['fit_seconds']:.2f} s; accuracy {result['accuracy']:.3f}, validation "
-          f"accuracy {result['val_accuracy']:.3f}.")
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--follow-links", action="store_true",
+                        help="enter links to folders while walking")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _axis(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        axes = tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer, integers separated by commas, or 'none'; found {text!r}")
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _inspect(args) -> int:
+    from keras_npy.inspection import format_report, inspect_source
+
+    report = inspect_source(args.path, follow_links=args.follow_links, verbose=not args.quiet)
+    print(format_report(report))
+    return 1 if report.problems else 0
+
+
+def _stats(args) -> int:
+    from keras_npy.dataset import NpyDataset
+    from keras_npy.statistics import save_statistics
+
+    dataset = NpyDataset(args.path, layout=args.layout, pad_to="longest",
+                         follow_links=args.follow_links, verbose=not args.quiet)
+    mean, variance = dataset.statistics(axis=args.axis, verbose=not args.quiet)
+    save_statistics(args.output, mean, variance, args.axis, dataset.num_samples)
+    print(f"{args.path}: {dataset.num_samples:,} samples; axis={args.axis!r}: mean and "
+          f"variance of shape {mean.shape} written to {args.output}")
+    with _numpy_print_options():
+        print(f"mean: {mean}\nvariance: {variance}")
+    print(f"Use: keras_npy.normalization_layer({args.output!r}, axis={args.axis!r})")
     return 0
+
+
+def _bench(args) -> int:
+    from keras_npy.bench import bench_source, format_bench
+
+    result = bench_source(args.path, batch_size=args.batch_size, max_batches=args.batches,
+                          follow_links=args.follow_links)
+    print(json.dumps(result) if args.json else format_bench(result, args.path))
+    return 0
+
+
+def _demo(args) -> int:
+    from keras_npy.demo import format_demo, run_demo
+
+    print(format_demo(run_demo(num_samples=args.samples, epochs=args.epochs, verbose=2)))
+    return 0
+
+
+def _numpy_print_options():
+    import numpy as np
+
+    return np.printoptions(precision=4, threshold=20, edgeitems=3, linewidth=100)
 
 
 if __name__ == "__main__":

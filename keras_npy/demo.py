@@ -1,4 +1,5 @@
-"""The README's main job: generate a data set of `.npy` files and train on it."""
+"""The README's main job: generate `.npy` data on disk, train on it through both
+front ends, export the model with its preprocessing, and serve raw arrays."""
 
 from __future__ import annotations
 
@@ -9,60 +10,147 @@ import time
 import numpy as np
 
 from keras_npy.dataset import NpyDataset
+from keras_npy.layers import PadOrTrim, normalization_layer
 
+MAX_STEPS = 40
 
 def write_demo_data(directory: str, num_samples: int = 2000, seed: int = 0) -> None:
     """Writes `num_samples` float32 sequences of 8 features and 12 to 40 steps,
     one `.npy` file each, in class folders `low/` and `high/` whose means
-    differ."""
+    differ by a fifth of a standard deviation, in raw units (around 100, spread 10)
+    that a model must normalize."""
     rng = np.random.default_rng(seed)
-    for name, mean in (("high", 0.5), ("low", 0.0)):
+    for name, mean in (("high", 0.2), ("low", 0.0)):
         os.makedirs(os.path.join(directory, name), exist_ok=True)
         for i in range(num_samples // 2):
             steps = int(rng.integers(12, 41))
-            sample = rng.normal(mean, 1.0, size=(steps, 8)).astype("float32")
+            sample = (100 + 10 * rng.normal(mean, 1.0, size=(steps, 8))).astype("float32")
             np.save(os.path.join(directory, name, f"{i:06d}.npy"), sample)
 
 
 def run_demo(num_samples: int = 2000, epochs: int = 3, directory: str | None = None,
              verbose: int = 1) -> dict:
-    """Generates variable-length samples on disk and fits a model on them
-    through `NpyDataset`: a validation split, a global shuffle, and padding
-    to 40 steps.
+    """Generates variable-length samples on disk and trains a model on them.
+
+    The model starts with its preprocessing: `PadOrTrim(40, mask=True)` and
+    `normalization_layer` (training-set statistics, padding excluded). It is
+    fitted for `epochs` epochs through `NpyDataset` (validation split, global
+    shuffle, padding to 40 steps), then for `epochs` more through the same
+    batches as a `tf.data.Dataset`; then exported as a SavedModel, reloaded,
+    and asked to classify the raw, unpadded validation files.
 
     Args:
         num_samples: samples to generate. Defaults to `2000`.
-        epochs: training epochs. Defaults to `3`.
-        directory: where to write the data; a temporary directory (removed
-            afterwards) if `None`. Defaults to `None`.
+        epochs: training epochs per front end. Defaults to `3`.
+        directory: where to write the data and the exported model; a
+            temporary directory (removed afterwards) if `None`. Defaults to
+            `None`.
         verbose: Keras verbosity for `fit`, `0` for silence. Defaults to `1`.
 
     Returns:
-        A dict with `num_samples`, `class_names`, `index_seconds`,
-        `fit_seconds`, and the last epoch's `accuracy` and `val_accuracy`.
+        A dict with `num_samples`, `class_names`, `index_seconds`, per front end
+        (`"NpyDataset"`, `"npy_dataset"`) the `fit_seconds`, `samples_per_second`,
+        `accuracy` and `val_accuracy` of its last epoch; `served_accuracy` (of
+        the reloaded SavedModel on the raw validation files, `None` where the
+        backend cannot export one), `served_samples`, and
+        `served_max_difference` (from the Keras model's outputs).
     """
     import keras
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = directory or tmp
-        write_demo_data(directory, num_samples)
+        data = os.path.join(directory, "data")
+        write_demo_data(data, num_samples)
         started = time.perf_counter()
-        common = dict(y="inferred", label_mode="binary", batch_size=64, pad_to=40,
-                      validation_split=0.2, seed=0, verbose=bool(verbose))
-        train = NpyDataset(directory, subset="training", shuffle=True, **common)
-        val = NpyDataset(directory, subset="validation", **common)
-        index_seconds = time.perf_counter() - started
-        model = keras.Sequential([
-            keras.Input((None, 8)),
-            keras.layers.GlobalAveragePooling1D(),
-            keras.layers.Dense(1, activation="sigmoid")])
-        model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy",
-                      metrics=["accuracy"])
-        started = time.perf_counter()
-        history = model.fit(train, validation_data=val, epochs=epochs, shuffle=False,
-                            verbose=verbose)
-        return {"num_samples": train.index.num_samples, "class_names": train.class_names,
-                "index_seconds": index_seconds,
-                "fit_seconds": time.perf_counter() - started,
-                "accuracy": float(history.history["accuracy"][-1]),
-                "val_accuracy": float(history.history["val_accuracy"][-1])}
+        split = dict(validation_split=0.2, seed=0, verbose=bool(verbose))
+        batches = dict(y="inferred", label_mode="binary", batch_size=64, pad_to=MAX_STEPS,
+                       **split)
+        train = NpyDataset(data, subset="training", shuffle=True, **batches)
+        val = NpyDataset(data, subset="validation", **batches)
+        normalization = normalization_layer(data, subset="training", shuffle=True, **split)
+        result = {"num_samples": train.num_samples + val.num_samples,
+                  "class_names": train.class_names,
+                  "index_seconds": time.perf_counter() - started}
+        model = _model(keras, normalization)
+        result["NpyDataset"] = _fit(model, train, val, epochs, verbose)
+        if _has_tensorflow():
+            result["npy_dataset"] = _fit(model, train.to_tf_dataset(), val.to_tf_dataset(),
+                                         epochs, verbose, num_samples=train.num_samples)
+        result.update(_serve(model, os.path.join(directory, "served"), val))
+        return result
+
+
+def format_demo(result: dict) -> str:
+    """What `keras-npy demo` prints."""
+    lines = [f"Indexed {result['num_samples']} .npy files of 12 to {MAX_STEPS} steps in "
+             f"{result['class_names']} in {result['index_seconds']:.2f} s (headers and "
+             "training-set statistics)."]
+    for name, note in (("NpyDataset", " (the first fit: includes tracing)"), ("npy_dataset", "")):
+        if name in result:
+            fit = result[name]
+            lines.append(f"{name}{note}: {fit['epochs']} epochs in {fit['fit_seconds']:.2f} s "
+                         f"({fit['samples_per_second']:,.0f} samples/s); accuracy "
+                         f"{fit['accuracy']:.3f}, validation accuracy {fit['val_accuracy']:.3f}.")
+    if result["served_accuracy"] is None:
+        lines.append("Export skipped: this Keras backend cannot write a TensorFlow SavedModel.")
+    else:
+        lines.append(f"Exported with PadOrTrim and Normalization inside, reloaded with "
+                     f"tf.saved_model.load: {result['served_samples']} raw, unpadded validation "
+                     f"files classified with accuracy {result['served_accuracy']:.3f}; "
+                     "largest difference from the Keras model's probability "
+                     f"{result['served_max_difference']:.1e}.")
+    return "\n".join(lines)
+
+
+def _model(keras, normalization):
+    """Raw steps in; the loader's and the layer's padding masked, then normalized."""
+    inputs = keras.Input((None, 8))
+    x = PadOrTrim(MAX_STEPS, mask=True)(inputs)
+    x = normalization(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _fit(model, train, val, epochs: int, verbose: int, num_samples: int | None = None) -> dict:
+    started = time.perf_counter()
+    history = model.fit(train, validation_data=val, epochs=epochs, shuffle=False,
+                        verbose=verbose)
+    seconds = time.perf_counter() - started
+    samples = (num_samples or train.num_samples) * epochs
+    return {"epochs": epochs, "fit_seconds": seconds, "samples_per_second": samples / seconds,
+            "accuracy": float(history.history["accuracy"][-1]),
+            "val_accuracy": float(history.history["val_accuracy"][-1])}
+
+
+def _serve(model, path: str, val: NpyDataset) -> dict:
+    """Exports `model`, reloads it, and classifies the raw validation files,
+    one call per file, each of its own length."""
+    import keras
+
+    if keras.backend.backend() not in ("tensorflow", "jax") or not _has_tensorflow():
+        return {"served_accuracy": None, "served_samples": 0, "served_max_difference": None}
+    import tensorflow as tf
+
+    model.export(path, format="tf_saved_model", verbose=False)
+    served = tf.saved_model.load(path)
+    paths = val.file_paths  # in the order of val's (unshuffled) batches
+    labels = np.concatenate([val[i][1][:, 0] for i in range(len(val))])
+    correct, difference = 0, 0.0
+    for path, label in zip(paths, labels):
+        raw = np.load(path, allow_pickle=False)[None]  # (1, steps, 8), not padded
+        probability = served.serve(raw).numpy()[0, 0]
+        correct += int((probability > 0.5) == bool(label))
+        expected = keras.ops.convert_to_numpy(model(raw))[0, 0]
+        difference = max(difference, abs(float(probability) - float(expected)))
+    return {"served_accuracy": correct / len(paths), "served_samples": len(paths),
+            "served_max_difference": difference}
+
+
+def _has_tensorflow() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True

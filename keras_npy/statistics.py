@@ -9,6 +9,8 @@ stored.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from keras_npy import index as index_lib
@@ -117,3 +119,40 @@ def _rows_of(batch: np.ndarray, kept: tuple[int, ...]) -> np.ndarray:
     others = [a for a in range(batch.ndim) if a not in kept_batch_axes]
     moved = np.transpose(batch, others + kept_batch_axes)
     return moved.reshape((-1, *(batch.shape[a] for a in kept_batch_axes)))
+
+
+_STATISTICS_KEYS = ("mean", "variance", "axis", "num_samples")
+
+
+def save_statistics(path: str, mean: np.ndarray, variance: np.ndarray, axis,
+                    num_samples: int) -> None:
+    """Writes statistics to an `.npz` file that `load_statistics` (and
+    `keras_npy.normalization_layer`) reads back: float64 `mean` and
+    `variance`, the `axis` they keep (as JSON text), and the sample count."""
+    np.savez(path, mean=np.asarray(mean, np.float64), variance=np.asarray(variance, np.float64),
+             axis=np.array(json.dumps(axis)), num_samples=np.int64(num_samples))
+
+
+def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray, object]:
+    """Reads `(mean, variance, axis)` from a file written by `save_statistics`.
+
+    Raises:
+        ValueError: the file is not such a file (named, with what is missing).
+    """
+    expected = f"{path}: expected a statistics file written by `keras-npy stats`"
+    try:
+        stored = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{expected}; cannot read it: {e}") from e
+    if not isinstance(stored, np.lib.npyio.NpzFile):
+        raise ValueError(f"{expected}, found a single array of shape {stored.shape}.")
+    with stored:
+        missing = [key for key in _STATISTICS_KEYS if key not in stored.files]
+        if missing:
+            raise ValueError(f"{expected}, with {list(_STATISTICS_KEYS)}; found {stored.files}.")
+        mean, variance = stored["mean"], stored["variance"]
+        axis = json.loads(str(stored["axis"]))
+    if mean.shape != variance.shape:
+        raise ValueError(f"{path}: mean and variance differ in shape: {mean.shape} and "
+                         f"{variance.shape}.")
+    return mean, variance, axis if not isinstance(axis, list) else tuple(axis)

@@ -8,12 +8,15 @@ from keras_npy import demo
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_trains_on_files_it_wrote(tmp_path):
+def test_demo_trains_exports_and_serves(tmp_path):
     result = demo.run_demo(num_samples=400, epochs=4, directory=str(tmp_path), verbose=0)
     assert result["num_samples"] == 400 and result["class_names"] == ["high", "low"]
-    assert len(os.listdir(tmp_path / "low")) == 200
-    # The classes' means differ by half a standard deviation, over 12 to 40 steps of 8.
-    assert result["accuracy"] > 0.8 and result["val_accuracy"] > 0.8
+    assert len(os.listdir(tmp_path / "data" / "low")) == 200
+    # The classes' means differ by a fifth of a standard deviation, over 12 to 40 steps of 8.
+    for name in ("NpyDataset", "npy_dataset"):
+        assert result[name]["accuracy"] > 0.75 and result[name]["val_accuracy"] > 0.75, name
+    assert result["served_samples"] == 80 and result["served_accuracy"] > 0.75
+    assert result["served_max_difference"] < 1e-5
 
 
 def test_demo_command(tmp_path):
@@ -21,8 +24,16 @@ def test_demo_command(tmp_path):
                            "--epochs", "1"], capture_output=True, text=True, cwd=tmp_path,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"^Indexed 200 \.npy files in \['high', 'low'\] in [0-9.]+ s; trained 1 "
-                     r"epochs in [0-9.]+ s; accuracy [0-9.]+, validation accuracy [0-9.]+\.$", done.stdout, re.M)
+    number = r"[0-9.]+"
+    assert re.search(rf"^Indexed 200 \.npy files of 12 to 40 steps in \['high', 'low'\] in "
+                     rf"{number} s \(headers and training-set statistics\)\.\n"
+                     rf"NpyDataset \(the first fit: includes tracing\): 1 epochs in {number} s "
+                     rf"\([0-9,]+ samples/s\); accuracy {number}, validation accuracy {number}\.\n"
+                     rf"npy_dataset: 1 epochs in .*\n"
+                     rf"Exported with PadOrTrim and Normalization inside, reloaded with "
+                     rf"tf.saved_model.load: 40 raw, unpadded validation files classified with "
+                     rf"accuracy {number}; largest difference from the Keras model's probability "
+                     rf"\S+\.$", done.stdout, re.M), done.stdout
 
 
 def _run_readme_example(heading, cwd):

@@ -10,11 +10,13 @@ Keras' own layer, saved and exported like any other.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import keras
 
 from keras_npy.dataset import NpyDataset
+from keras_npy.statistics import load_statistics
 
 # The keywords that decide which samples are counted (the split and shard of
 # a training set) and how the data is found; batching and padding do not
@@ -32,8 +34,9 @@ def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
     count the training samples only.
 
     Args:
-        data: An `NpyDataset` with a single input, or what `NpyDataset`
-            takes as `x`: a directory, glob, `.npy` path or a list of these.
+        data: An `NpyDataset` with a single input; what `NpyDataset` takes
+            as `x`: a directory, glob, `.npy` path or a list of these; or an
+            `.npz` file written by `keras-npy stats`.
         axis: As `keras.layers.Normalization`'s `axis`, in terms of a batch:
             the axis or axes (never `0`) that keep their own mean and
             variance, or `None` for one mean and variance. Defaults to `-1`
@@ -63,6 +66,8 @@ def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
     >>> np.asarray(layer(np.array([[2.0, 20.0]]))).tolist()
     [[0.0, 0.0]]
     """
+    if isinstance(data, (str, os.PathLike)) and os.fspath(data).endswith(".npz"):
+        return _from_statistics_file(os.fspath(data), axis, kwargs)
     if isinstance(data, NpyDataset):
         if kwargs:
             raise TypeError("normalization_layer() takes no keywords with an NpyDataset, whose "
@@ -85,3 +90,14 @@ def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
     layer = keras.layers.Normalization(axis=axis, mean=mean, variance=variance)
     layer.build((None, *dataset.index.x.sample_shape))  # so that `.mean` is there to see
     return layer
+
+
+def _from_statistics_file(path: str, axis, kwargs: dict) -> keras.layers.Normalization:
+    if kwargs:
+        raise TypeError("normalization_layer() takes no keywords with a statistics file. "
+                        f"Received: {sorted(kwargs)}")
+    mean, variance, stored_axis = load_statistics(path)
+    if stored_axis != (tuple(axis) if isinstance(axis, list) else axis):
+        raise ValueError(f"{path} holds statistics for axis={stored_axis!r}; pass "
+                         f"axis={stored_axis!r}. Received: axis={axis!r}")
+    return keras.layers.Normalization(axis=axis, mean=mean, variance=variance)

@@ -1,0 +1,188 @@
+"""`keras-npy inspect`: what a tree of `.npy` files holds, and what is wrong with it.
+
+Unlike the index, which stops at the first bad file, an inspection reads every
+header, keeps going, and lists every problem with its reason: unreadable or
+malformed headers, pickled arrays, files whose size disagrees with their
+header, and files whose dtype or rank differs from the majority's.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+
+import numpy as np
+
+from keras_npy import index as index_lib
+from keras_npy import sources
+from keras_npy.header import read_header
+
+_HISTOGRAM_BINS = 10
+_BAR_WIDTH = 30
+
+
+@dataclasses.dataclass
+class Inspection:
+    """What `inspect_source` found.
+
+    Attributes:
+        source: the path, glob or directory inspected.
+        layout: `"files"` (a sample per file) or `"rows"` (a single file's rows).
+        num_files: `.npy` files found.
+        nbytes: their size on disk, in bytes.
+        classes: files per class folder (the first folder under a directory);
+            empty when the files are not in folders.
+        dtypes: files per dtype (as stored, e.g. `<f4`).
+        shapes: the shape of every readable file, in walk order.
+        problems: `(path, reason)` for every file that cannot be used.
+    """
+
+    source: str
+    layout: str
+    num_files: int = 0
+    nbytes: int = 0
+    classes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    dtypes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    shapes: list = dataclasses.field(default_factory=list)
+    problems: list = dataclasses.field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        if self.layout == "rows":
+            return sum(shape[0] for shape in self.shapes if shape)
+        return len(self.shapes)
+
+
+def inspect_source(source: str, *, follow_links: bool = False,
+                   verbose: bool = True) -> Inspection:
+    """Reads the header of every `.npy` file of `source` and reports on them.
+
+    Args:
+        source: a directory (walked recursively), a glob, or a `.npy` path.
+        follow_links: whether the walk enters links to folders. Defaults to
+            `False`.
+        verbose: whether a progress bar is shown on long scans. Defaults to
+            `True`.
+
+    Returns:
+        An `Inspection`; its `problems` are empty when every file is usable.
+
+    Raises:
+        ValueError: `source` does not exist or holds no `.npy` file.
+    """
+    paths = sources.find_files(source, follow_links=follow_links, name="PATH")
+    single = len(paths) == 1 and os.path.isfile(source)
+    report = Inspection(source, "rows" if single else "files", num_files=len(paths))
+    headers = []
+    progress = index_lib.Progress(len(paths), verbose)
+    for i, path in enumerate(paths):
+        report.nbytes += _size(path)
+        report.classes[_class_of(paths, i)] += 1
+        try:
+            headers.append(read_header(path))
+        except (ValueError, OSError) as error:
+            report.problems.append((path, _reason(path, error)))
+        progress.add(1)
+    _check_agreement(headers, report)
+    report.classes.pop(None, None)
+    return report
+
+
+def format_report(report: Inspection) -> str:
+    """The report `keras-npy inspect` prints."""
+    lines = [f"{report.source}: {report.num_files:,} .npy file{_s(report.num_files)}, "
+             f"{_megabytes(report.nbytes)} on disk"]
+    per = "one per file" if report.layout == "files" else "the rows of the file"
+    lines.append(f"samples: {report.num_samples:,} ({per})")
+    if report.classes:
+        listed = ", ".join(f"{name} ({count:,})" for name, count in sorted(report.classes.items()))
+        lines.append(f"classes: {len(report.classes)}: {listed}")
+    if report.dtypes:
+        lines.append("dtypes: " + ", ".join(f"{np.dtype(d).name} ({count:,} file{_s(count)})"
+                                            for d, count in report.dtypes.most_common()))
+    lines.extend(_shape_lines(report))
+    lines.append(f"problems: {len(report.problems)}")
+    lines.extend(f"  {path}: {reason}" for path, reason in report.problems)
+    return "\n".join(lines)
+
+
+def _check_agreement(headers: list, report: Inspection) -> None:
+    """Counts dtypes, keeps shapes, and reports files whose dtype or rank
+    differs from the most common one (the index would refuse them)."""
+    if not headers:
+        return
+    dtypes = collections.Counter(h.dtype.str for h in headers)
+    ranks = collections.Counter(len(h.shape) for h in headers)
+    dtype, rank = dtypes.most_common(1)[0][0], ranks.most_common(1)[0][0]
+    for header in headers:
+        if header.dtype.str != dtype:
+            report.problems.append((header.path, f"dtype {header.dtype.name} ({header.dtype.str})"
+                                    f" differs from the other files' {np.dtype(dtype).name} "
+                                    f"({dtype})"))
+        elif len(header.shape) != rank:
+            report.problems.append((header.path, f"shape {header.shape} has {len(header.shape)} "
+                                    f"axes, the other files have {rank}"))
+        else:
+            report.dtypes[dtype] += 1
+            report.shapes.append(header.shape)
+
+
+def _shape_lines(report: Inspection) -> list[str]:
+    shapes = np.array(report.shapes, dtype=np.int64).reshape(len(report.shapes), -1)
+    if not len(shapes):
+        return []
+    if report.layout == "rows":
+        shape = tuple(int(d) for d in shapes[0])
+        return [f"shape: {shape}: rows of shape {shape[1:]}"]
+    low, high = shapes.min(axis=0), shapes.max(axis=0)
+    summary = tuple(int(a) if a == b else None for a, b in zip(low, high))
+    lines = [f"sample shape: {summary}" + ("" if None not in summary else
+                                          ", None where files differ")]
+    for axis in np.flatnonzero(low != high):
+        lines.append(f"  axis {axis} varies from {low[axis]} to {high[axis]}; files per size:")
+        lines.extend(_histogram(shapes[:, axis]))
+    return lines
+
+
+def _histogram(values: np.ndarray) -> list[str]:
+    """Counts in at most `_HISTOGRAM_BINS` bins of whole numbers, one line each."""
+    low = int(values.min())
+    width = -(-(int(values.max()) - low + 1) // _HISTOGRAM_BINS)
+    counts = np.bincount((values - low) // width)
+    digits = len(str(int(values.max())))
+    lines = []
+    for k, count in enumerate(counts):
+        start, stop = low + k * width, low + (k + 1) * width - 1
+        label = f"{start}" if width == 1 else f"{start}-{stop}"
+        bar = "#" * int(round(_BAR_WIDTH * count / counts.max()))
+        lines.append(f"    {label:>{2 * digits + 1}} {bar:<{_BAR_WIDTH}} {count:,}")
+    return lines
+
+
+def _class_of(paths: sources.PathTable, i: int) -> str | None:
+    if paths.kinds[paths.root_ids[i]] != sources.DIRECTORY:
+        return None
+    parts = paths.relpath(i).split(os.sep)
+    return parts[0] if len(parts) > 1 else None
+
+
+def _reason(path: str, error: Exception) -> str:
+    """The error's message without the path it starts with."""
+    message = str(error)
+    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB"
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"

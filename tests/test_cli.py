@@ -1,0 +1,155 @@
+"""The `keras-npy` command line, run in subprocesses on generated data."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_npy import normalization_layer
+
+
+def _save(path, array, **kwargs):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, array, **kwargs)
+    return path
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "keras_npy", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """Two class folders of (length, 3) float32 samples, lengths 4 to 13."""
+    root = tmp_path / "tree"
+    for k in range(20):
+        _save(str(root / ("cat" if k < 12 else "dog") / f"{k:02d}.npy"),
+              np.full((4 + k % 10, 3), k, "float32"))
+    return root
+
+
+def test_inspect_a_clean_tree(tree):
+    done = _run("inspect", tree)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    nbytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tree) for f in fs)
+    assert lines[:5] == [
+        f"{tree}: 20 .npy files, {nbytes / 1e6:,.1f} MB on disk",
+        "samples: 20 (one per file)",
+        "classes: 2: cat (12), dog (8)",
+        "dtypes: float32 (20 files)",
+        "sample shape: (None, 3), None where files differ",
+    ]
+    assert lines[5] == "  axis 0 varies from 4 to 13; files per size:"
+    histogram = lines[6:16]
+    assert [line.split()[0] for line in histogram] == [str(n) for n in range(4, 14)]
+    assert [int(line.split()[-1]) for line in histogram] == [2] * 10
+    assert lines[16:] == ["problems: 0"]
+
+
+def test_inspect_lists_every_bad_file_and_fails(tree):
+    truncated = str(tree / "cat" / "00.npy")
+    with open(truncated, "r+b") as f:
+        f.truncate(os.path.getsize(truncated) - 4)
+    pickled = _save(str(tree / "dog" / "pickled.npy"), np.array([{"a": 1}], dtype=object),
+                    allow_pickle=True)
+    other_dtype = _save(str(tree / "dog" / "int.npy"), np.ones((4, 3), "int64"))
+    not_npy = str(tree / "cat" / "text.npy")
+    with open(not_npy, "w") as f:
+        f.write("hello")
+    done = _run("inspect", tree, "--quiet")
+    assert done.returncode == 1
+    problems = done.stdout.split("problems: 4\n")[1].splitlines()
+    assert problems == [
+        f"  {truncated}: expected 48 data bytes for shape (4, 3) of dtype float32, found 44; "
+        "the file is truncated.",
+        f"  {not_npy}: expected a .npy file starting with the magic string b'\\x93NUMPY', found b'hello'.",
+        f"  {pickled}: expected a numeric dtype (bool, integer, float or complex), found "
+        "object (pickled) data; such files are refused.",
+        f"  {other_dtype}: dtype int64 (<i8) differs from the other files' float32 (<f4)",
+    ]
+
+
+def test_inspect_a_rows_file_and_a_missing_path(tmp_path):
+    path = _save(str(tmp_path / "x.npy"), np.zeros((1000, 16), ">i2"))
+    done = _run("inspect", path)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[1:] == [
+        "samples: 1,000 (the rows of the file)",
+        "dtypes: int16 (1 file)",
+        "shape: (1000, 16): rows of shape (16,)",
+        "problems: 0",
+    ]
+    missing = _run("inspect", tmp_path / "nothere")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"keras-npy inspect: error: `PATH` must name existing files, directories or globs; "
+        f"'{tmp_path / 'nothere'}' does not exist.")
+
+
+def test_stats_writes_what_normalization_layer_loads(tree, tmp_path):
+    output = tmp_path / "stats.npz"
+    done = _run("stats", tree, "--axis", "-1", "-o", output, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == (
+        f"{tree}: 20 samples; axis=-1: mean and variance of shape (3,) written to {output}")
+    samples = [np.load(os.path.join(d, f)) for d, _, fs in sorted(os.walk(tree)) for f in
+               sorted(fs)]
+    values = np.concatenate(samples).astype("float64")
+    layer = normalization_layer(str(output))
+    layer.build((None, None, 3))
+    np.testing.assert_allclose(np.ravel(layer.mean), values.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(np.ravel(layer.variance), values.var(axis=0), rtol=1e-6)
+    with pytest.raises(ValueError) as error:
+        normalization_layer(str(output), axis=None)
+    assert str(error.value) == (f"{output} holds statistics for axis=-1; pass axis=-1. "
+                                "Received: axis=None")
+    whole = _run("stats", tree, "--axis", "none", "-o", tmp_path / "all.npz", "-q")
+    assert whole.returncode == 0
+    layer = normalization_layer(str(tmp_path / "all.npz"), axis=None)
+    layer.build((None, None, 3))
+    np.testing.assert_allclose(float(np.ravel(layer.mean)[0]), values.mean(), rtol=1e-6)
+
+
+def test_stats_bad_axis_and_bad_statistics_file(tree, tmp_path):
+    done = _run("stats", tree, "--axis", "1", "-q")
+    assert done.returncode == 1
+    assert "`axis` must name axes of fixed size, but the samples of x vary in size on axis 1" \
+        in done.stderr
+    bad = _save(str(tmp_path / "bad.npz").replace(".npz", ".npy"), np.zeros(3))
+    os.rename(bad, str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match=r"^.*bad\.npz: expected a statistics file"):
+        normalization_layer(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.parametrize("layout", ["files", "rows"])
+def test_bench_prints_rates_next_to_the_raw_read(tree, tmp_path, layout):
+    path = tree if layout == "files" else _save(str(tmp_path / "x.npy"),
+                                                np.zeros((5000, 32), "float32"))
+    done = _run("bench", path, "--batches", "3", "--batch-size", "8")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    samples, nbytes = (20, 4 * 3 * sum(4 + k % 10 for k in range(20))) if layout == "files" \
+        else (24, 24 * 128)
+    assert lines[0] == (f"{path}: 3 batches, {samples} samples, {nbytes / 1e6:,.1f} MB of data "
+                        "per pass, from the page cache (median of passes)")
+    assert lines[1].split() == ["reader", "samples/s", "MB/s", "vs", "raw"]
+    names = [re.match(r"(.+?)\s{2,}", line).group(1) for line in lines[2:5]]
+    assert names == ["raw read (system calls)", "NpyDataset[i]", "npy_dataset (in a tf graph)"]
+    assert lines[2].endswith(" 1.00x")
+    assert re.match(r"Each npy_dataset pass .* a pass of one batch takes \d+ ms\.$", lines[5])
+    result = json.loads(_run("bench", path, "--batches", "2", "--json").stdout)
+    assert set(result["seconds"]) == {"raw", "NpyDataset", "npy_dataset"}
+
+
+def test_bad_arguments_exit_with_usage(tree):
+    done = _run("stats", tree, "--axis", "x")
+    assert done.returncode == 2
+    assert "argument --axis: expected an integer, integers separated by commas, or 'none'; " \
+           "found 'x'" in done.stderr
+    assert _run("frobnicate").returncode == 2
