@@ -10,6 +10,7 @@ machine and this data.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import time
@@ -46,11 +47,8 @@ def bench_source(source: str, *, batch_size: int = 32, max_batches: int = 200,
     index = dataset.index.x
     raw = _raw_reader(index, num_samples, batch_size)
     readers = {"raw": raw, "NpyDataset": lambda: [dataset[i] for i in range(num_batches)]}
-    try:
-        import tensorflow as tf  # noqa: F401  (only to know whether it is there)
+    if importlib.util.find_spec("tensorflow") is not None:
         readers["npy_dataset"] = _tf_reader(dataset, num_batches)
-    except ImportError:
-        pass
     seconds = {}
     for name, read in readers.items():
         read()  # warms the page cache, and traces the tf.data pipeline

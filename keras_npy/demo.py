@@ -3,6 +3,7 @@ front ends, export the model with its preprocessing, and serve raw arrays."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import time
@@ -149,8 +150,4 @@ def _serve(model, path: str, val: NpyDataset) -> dict:
 
 
 def _has_tensorflow() -> bool:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("tensorflow") is not None
