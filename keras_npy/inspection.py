@@ -150,10 +150,11 @@ def _histogram(values: np.ndarray) -> list[str]:
     low = int(values.min())
     width = -(-(int(values.max()) - low + 1) // _HISTOGRAM_BINS)
     counts = np.bincount((values - low) // width)
-    digits = len(str(int(values.max())))
+    high = int(values.max())
+    digits = len(str(high))
     lines = []
     for k, count in enumerate(counts):
-        start, stop = low + k * width, low + (k + 1) * width - 1
+        start, stop = low + k * width, min(low + (k + 1) * width - 1, high)
         label = f"{start}" if width == 1 else f"{start}-{stop}"
         bar = "#" * int(round(_BAR_WIDTH * count / counts.max()))
         lines.append(f"    {label:>{2 * digits + 1}} {bar:<{_BAR_WIDTH}} {count:,}")
