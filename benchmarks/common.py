@@ -1,0 +1,143 @@
+"""What every benchmark group shares: timing, the result table, data writers, and the
+plain readers that are the limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+
+import numpy as np
+
+ROW = 256  # float32 features per row: 1 KiB rows
+
+
+@dataclasses.dataclass
+class Figure:
+    """One measured rate: median and range over repeats, and its ratio to the group's base."""
+
+    group: str
+    name: str
+    kind: str  # "limit", "baseline" (what people use today) or "keras_npy"
+    unit: str
+    median: float
+    low: float
+    high: float
+    ratio: float | None = None
+    base: str | None = None
+
+
+class Results:
+    """Collects figures group by group and prints each as it is measured."""
+
+    def __init__(self, repeats: int):
+        self.repeats, self.figures, self.notes = repeats, [], []
+        self._base: dict[str, Figure] = {}
+
+    def group(self, title: str) -> str:
+        print(f"\n{title}")
+        return title
+
+    def rate(self, group: str, name: str, kind: str, amount: float, unit: str, fn,
+             base: bool = False) -> Figure:
+        """Times `fn` (after one untimed call) and records `amount / seconds`. The first
+        figure of a group marked `base` is what the others are divided by."""
+        fn()  # warm: page cache, imports, traced functions
+        times = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        rates = sorted(amount / t for t in times)
+        figure = Figure(group, name, kind, unit, statistics.median(rates), rates[0], rates[-1])
+        return self._add(figure, base)
+
+    def value(self, group: str, name: str, kind: str, value: float, unit: str) -> Figure:
+        """Records a figure that is not a rate (memory, a slope)."""
+        return self._add(Figure(group, name, kind, unit, value, value, value), False)
+
+    def _add(self, figure: Figure, base: bool) -> Figure:
+        if base:
+            self._base[figure.group] = figure
+        reference = self._base.get(figure.group)
+        if reference is not None and reference is not figure and figure.unit == reference.unit:
+            figure.ratio, figure.base = figure.median / reference.median, reference.name
+        self.figures.append(figure)
+        ratio = f"{figure.ratio:6.2f}x" if figure.ratio is not None else " " * 7
+        spread = f"[{_number(figure.low)}-{_number(figure.high)}]" if figure.low != figure.high \
+            else ""
+        print(f"  {figure.kind:<9} {figure.name:<50} {_number(figure.median):>12} "
+              f"{figure.unit:<10} {ratio} {spread}")
+        return figure
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def each(fn, items) -> None:
+    """Calls `fn` on every item, keeping no result (as a training loop does)."""
+    for item in items:
+        fn(item)
+
+
+def preadv_loop(path: str, offset: int, rows: int, batch: int, reuse: bool) -> None:
+    """Reads every batch of `ROW` float32 rows with one os.preadv, into a new array each
+    time (what a reader that hands out batches must do) or into one preallocated array."""
+    buffer = np.empty((batch, ROW), "float32")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for start in range(0, rows - batch + 1, batch):
+            buffer = buffer if reuse else np.empty((batch, ROW), "float32")
+            os.preadv(fd, [memoryview(buffer).cast("B")], offset + start * ROW * 4)
+    finally:
+        os.close(fd)
+
+
+def open_read_close(path: str) -> None:
+    with open(path, "rb", buffering=0) as f:
+        f.read()
+
+
+def write_files(folder: str, num_files: int, size: int, vary: bool = False,
+                num_classes: int = 1) -> str:
+    """Writes `num_files` float32 samples of `size` data bytes (of 16 features; lengths
+    from a half to one and a half times that, when `vary`), one file each."""
+    rng = np.random.default_rng(0)
+    for c in range(num_classes):
+        os.makedirs(os.path.join(folder, f"class_{c}"), exist_ok=True)
+    steps = size // 64
+    for i in range(num_files):
+        length = int(rng.integers(steps // 2, steps * 3 // 2 + 1)) if vary else steps
+        np.save(os.path.join(folder, f"class_{i % num_classes}", f"{i:07d}.npy"),
+                np.full((length, 16), i, "float32"))
+    return folder
+
+
+def write_rows(path: str, rows: int) -> str:
+    np.save(path, np.random.default_rng(0).random((rows, ROW), dtype="float32"))
+    return path
+
+
+def rss_anon() -> int:
+    """Anonymous resident memory of this process, in bytes (page cache excluded)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def consume(tf, dataset):
+    """A function that iterates `dataset` inside a graph, as a training step would."""
+
+    @tf.function
+    def run():
+        total = tf.constant(0.0)
+        for element in dataset:
+            first = tf.nest.flatten(element)[0]
+            total += tf.cast(tf.reshape(first, [-1])[0], tf.float32)
+        return total
+
+    return lambda: run()

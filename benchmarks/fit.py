@@ -1,0 +1,63 @@
+"""`model.fit` of a one-layer model through each way of feeding it, against the no-data
+ceiling (one constant batch repeated)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from benchmarks.common import ROW, Results
+
+
+def run(results: Results, root: str, rows: int, tf) -> None:
+    import keras
+
+    from keras_npy import NpyDataset, npy_dataset
+
+    path = os.path.join(root, "fit.npy")
+    x = np.random.default_rng(1).random((rows, ROW), dtype="float32")
+    y = x[:, :1].copy()
+    np.save(path, x)
+    batch = 256
+    batches = rows // batch
+    samples = batches * batch
+    model = keras.Sequential([keras.Input((ROW,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+
+    def fit(data, **kwargs):
+        return lambda: model.fit(data, epochs=1, verbose=0, shuffle=False, **kwargs)
+
+    class Constant(keras.utils.PyDataset):
+        def __len__(self):
+            return batches
+
+        def __getitem__(self, i):
+            return x[:batch], y[:batch]
+
+    group = results.group(f"model.fit: Dense(1) on ({rows:,}, {ROW}) float32, batch {batch}, "
+                          "one epoch; ratio to one constant batch repeated (no data)")
+    constant = Constant() if tf is None else tf.data.Dataset.from_tensors(
+        (x[:batch], y[:batch])).repeat(batches)
+    results.rate(group, "one constant batch repeated (no data)", "limit", samples, "samples/s",
+                 fit(constant), base=True)
+    results.rate(group, "in-memory numpy arrays", "baseline", samples, "samples/s",
+                 fit(x[:samples], y=y[:samples], batch_size=batch))
+    results.rate(group, "NpyDataset", "keras_npy", samples, "samples/s",
+                 fit(NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)))
+    if tf is None:
+        return
+    mapped = np.load(path, mmap_mode="r")
+
+    def memmap_batch(i):
+        return np.asarray(mapped[i * batch:(i + 1) * batch]), y[i * batch:(i + 1) * batch]
+
+    recipe = tf.data.Dataset.range(batches).map(
+        lambda i: tf.numpy_function(memmap_batch, [i], (tf.float32, tf.float32)),
+        num_parallel_calls=tf.data.AUTOTUNE).map(
+        lambda a, b: (tf.ensure_shape(a, [batch, ROW]), tf.ensure_shape(b, [batch, 1]))
+    ).prefetch(tf.data.AUTOTUNE)
+    results.rate(group, "tf.data range().map(numpy_function(memmap))", "baseline", samples,
+                 "samples/s", fit(recipe))
+    results.rate(group, "npy_dataset", "keras_npy", samples, "samples/s",
+                 fit(npy_dataset(path, y=y, batch_size=batch, drop_remainder=True)))

@@ -1,0 +1,62 @@
+"""Turns the JSON of `python -m benchmarks` into the README's picture: for each
+throughput group, a bar per reader on a log scale, the group's limit as a line.
+
+    python -m benchmarks.plot benchmark_results.json benchmarks/results.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+COLORS = {"limit": "#555555", "baseline": "#d98c3f", "keras_npy": "#2a7ab9"}
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    groups: dict[str, list[dict]] = {}
+    for figure in report["figures"]:
+        if figure["unit"].endswith("/s") and not figure["group"].startswith("limits"):
+            groups.setdefault(figure["group"], []).append(figure)
+    heights = [len(figures) for figures in groups.values()]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.42 * sum(heights) + 1.1 * len(groups)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (title, figures) in zip(axes[:, 0], groups.items()):
+        names = [f["name"] for f in figures][::-1]
+        medians = [f["median"] for f in figures][::-1]
+        errors = [[f["median"] - f["low"] for f in figures][::-1],
+                  [f["high"] - f["median"] for f in figures][::-1]]
+        ax.barh(names, medians, xerr=errors, color=[COLORS[f["kind"]] for f in figures][::-1])
+        limit = next((f for f in figures if f["kind"] == "limit"), None)
+        if limit is not None:
+            ax.axvline(limit["median"], color=COLORS["limit"], linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlim(min(f["low"] for f in figures) / 3, max(f["high"] for f in figures) * 1.5)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(title.split(";")[0], fontsize=9, loc="left")
+        ax.set_xlabel(figures[0]["unit"], fontsize=8)
+        ax.tick_params(labelsize=7)
+    machine = report["machine"]
+    fig.suptitle(f"keras_npy (blue), what people use (orange), limits (grey); "
+                 f"{machine['cpus']} CPUs, page cache", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json_path")
+    parser.add_argument("png_path")
+    args = parser.parse_args()
+    with open(args.json_path) as f:
+        plot(json.load(f), args.png_path)
+    print(f"wrote {args.png_path}")
+
+
+if __name__ == "__main__":
+    main()
