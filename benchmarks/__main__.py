@@ -34,15 +34,24 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=args.temp_dir) as root:
         num_files = max(500, int(20_000 * size))
         num_rows = max(8192, int(262_144 * size))
-        limits.run(results, root, max(16, int(256 * size)), num_files)
-        index.run(results, root, num_files * 5)
-        rows.run(results, root, num_rows, tf)
+        chosen = set(args.only.split(",")) if args.only else set(GROUPS)
+        if "limits" in chosen:
+            limits.run(results, root, max(16, int(256 * size)), num_files)
+        if "index" in chosen:
+            index.run(results, root, num_files * 5)
+        if "rows" in chosen:
+            rows.run(results, root, num_rows, tf)
         for file_size, vary in ((1024, False), (12 * 1024, False), (1024, True)):
-            files.run(results, root, num_files, file_size, vary, tf)
-        fit.run(results, root, num_rows, tf)
-        memory.run(results, root, args.memory_gib or (0.5 if quick else 4.0),
-                   os.path.join(root, "files_1024_False"))
-        scaling = scale.run(results, root, args.scale_max or (10_000 if quick else 1_000_000))
+            if "files" in chosen or "memory" in chosen:  # memory measures the 1 KiB index
+                files.run(results, root, num_files, file_size, vary, tf)
+        if "fit" in chosen:
+            fit.run(results, root, num_rows, tf)
+        if "memory" in chosen:
+            memory.run(results, root, args.memory_gib or (0.5 if quick else 4.0),
+                       os.path.join(root, "files_1024_False"))
+        if "scale" in chosen:
+            scaling = scale.run(results, root,
+                                args.scale_max or (10_000 if quick else 1_000_000))
     report = {"machine": _machine(), "arguments": vars(args), "seconds": time.perf_counter() -
               started, "figures": [dataclasses.asdict(f) for f in results.figures],
               "scale": scaling}
@@ -51,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
         json.dump(report, f, indent=1)
     print(f"\n{len(results.figures)} figures in {report['seconds']:.0f} s, written to {args.json}")
     return report
+
+
+GROUPS = ("limits", "index", "rows", "files", "fit", "memory", "scale")
 
 
 def format_table(figures: list[dict]) -> str:
@@ -82,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default="benchmark_results.json", help="where to write JSON")
     parser.add_argument("--temp-dir", default=None, help="where the data is generated")
     parser.add_argument("--no-tf", action="store_true", help="skip everything tf.data")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated groups to run, of {', '.join(GROUPS)}")
     return parser
 
 

@@ -208,13 +208,23 @@ class BatchReader:
     def _read_files(self, ids, shapes, out, target) -> None:
         index = self.index
         direct = self.stored == self.native
-        for k, i in enumerate(ids):
-            shape = tuple(shapes[k])
-            path, offset = index.paths[i], int(index.data_offsets[i])
-            if direct and shape == target and not index.fortran_order[i]:
-                _pread_into(path, None, [_bytes_of(out[k])], offset)
+        # Python lists, not numpy scalars, in the per-file loop: it is most of the cost.
+        paths, offsets = index.paths.select(ids), index.data_offsets[ids].tolist()
+        fortran, shapes = index.fortran_order[ids].tolist(), list(map(tuple, shapes.tolist()))
+        target = tuple(target)
+        pre = self.padding.padding == "pre"
+        for k, (path, offset, shape) in enumerate(zip(paths, offsets, shapes)):
+            if direct and not fortran[k] and shape[1:] == target[1:] and (
+                    shape[:1] <= target[:1]):
+                # Padded (if at all) on the first axis only: the sample's place in the slot
+                # is contiguous, so it is read straight there.
+                if not shape:  # a 0-d sample: its slot, as a writable 1-element view
+                    slot = out[k:k + 1]
+                else:
+                    slot = out[k][target[0] - shape[0]:] if pre else out[k][:shape[0]]
+                _pread_into(path, None, [slot], offset)  # a C-contiguous view is a buffer
                 continue
-            scratch = np.empty(shape, self.stored, order="F" if index.fortran_order[i] else "C")
+            scratch = np.empty(shape, self.stored, order="F" if fortran[k] else "C")
             _pread_into(path, None, [_bytes_of(scratch.reshape(-1, order="A"))], offset)
             source, destination = self.padding.placement(shape, target)
             out[k][destination] = scratch[source]
@@ -390,8 +400,9 @@ def _slot_buffers(into: np.ndarray, slots: np.ndarray) -> list[memoryview]:
             if len(group)]
 
 
-def _pread_into(path: str, fd: int | None, buffers: list[memoryview], offset: int) -> None:
-    """Fills `buffers` from `offset` of the file, or says which file changed."""
+def _pread_into(path: str, fd: int | None, buffers: list, offset: int) -> None:
+    """Fills `buffers` (memoryviews or C-contiguous arrays) from `offset` of the file,
+    or says which file changed."""
     expected = buffers[0].nbytes if len(buffers) == 1 else sum(b.nbytes for b in buffers)
     if expected == 0:
         return
@@ -415,13 +426,13 @@ def _pread_into(path: str, fd: int | None, buffers: list[memoryview], offset: in
                          f"{found}; the file changed after the dataset was built.")
 
 
-def _pread_rest(fd: int, buffers: list[memoryview], offset: int, done: int) -> int:
+def _pread_rest(fd: int, buffers: list, offset: int, done: int) -> int:
     rest, skip = [], done
     for b in buffers:
         if skip >= b.nbytes:
             skip -= b.nbytes
             continue
-        rest.append(b[skip:])
+        rest.append(_bytes_of(b)[skip:])  # bytes, whatever the buffer's item type
         skip = 0
     return os.preadv(fd, rest, offset + done)
 

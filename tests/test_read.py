@@ -241,3 +241,20 @@ def test_views_of_consecutive_rows(rows, tmp_path):
     copy = BatchReader(swapped, Padding()).read(np.arange(3), view=True)
     assert copy.dtype == np.dtype("float32") and copy.flags.writeable
     np.testing.assert_array_equal(copy, whole[:3])
+
+
+def test_short_reads_are_resumed_byte_exact(tmp_path, monkeypatch):
+    """preadv may return fewer bytes than asked; the rest is read from where it stopped,
+    counted in bytes whatever the buffer (a float64 batch row here)."""
+    arrays = [np.arange(k * 100, k * 100 + 60, dtype="f8").reshape(10, 6) for k in range(3)]
+    for k, array in enumerate(arrays):
+        np.save(tmp_path / f"{k}.npy", array)
+    real = os.preadv
+
+    def at_most_100_bytes(fd, buffers, offset):
+        first = memoryview(buffers[0]).cast("B")[:100]
+        return real(fd, [first], offset)
+
+    monkeypatch.setattr(read_lib.os, "preadv", at_most_100_bytes)
+    reader = BatchReader(index_source(str(tmp_path), layout="files", verbose=False), Padding())
+    np.testing.assert_array_equal(reader.read(np.array([2, 0, 1])), np.stack(arrays)[[2, 0, 1]])
