@@ -89,7 +89,9 @@ def preadv_loop(path: str, offset: int, rows: int, batch: int, reuse: bool) -> N
     fd = os.open(path, os.O_RDONLY)
     try:
         for start in range(0, rows - batch + 1, batch):
-            buffer = buffer if reuse else np.empty((batch, ROW), "float32")
+            if not reuse:  # drop the last batch first, as a training loop does
+                buffer = None
+                buffer = np.empty((batch, ROW), "float32")
             os.preadv(fd, [memoryview(buffer).cast("B")], offset + start * ROW * 4)
     finally:
         os.close(fd)

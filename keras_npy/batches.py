@@ -61,6 +61,9 @@ class BatchSource:
         self.index, self.readers, self.labels = index, readers, labels
         self.order, self.seed = order, seed
         self.multi_input = isinstance(index.x, dict)
+        # One input of rows read as stored: an unshuffled batch is one read_run.
+        only = next(iter(readers.values()))
+        self._plain_rows = only if not self.multi_input and only.plain_rows else None
 
     def file_paths(self) -> list[str]:
         """The files in unshuffled order: one per sample of this subset and
@@ -76,9 +79,12 @@ class BatchSource:
         `view`, unconverted consecutive rows may be read-only views of memory
         maps (see `BatchReader.read`)."""
         ids, consecutive = self.order.batch(epoch, i), self.order.consecutive
-        x = {name: reader.read(ids, consecutive, view)
-             for name, reader in self.readers.items()}
-        x = x if self.multi_input else x["x"]
+        x = self._plain_rows.read_run(int(ids[0]), len(ids)) if (
+            consecutive and not view and self._plain_rows is not None and len(ids)) else None
+        if x is None:
+            x = {name: reader.read(ids, consecutive, view)
+                 for name, reader in self.readers.items()}
+            x = x if self.multi_input else x["x"]
         y = self.labels.read(ids, consecutive, view)
         return x if y is None else (x, y)
 

@@ -258,3 +258,27 @@ def test_short_reads_are_resumed_byte_exact(tmp_path, monkeypatch):
     monkeypatch.setattr(read_lib.os, "preadv", at_most_100_bytes)
     reader = BatchReader(index_source(str(tmp_path), layout="files", verbose=False), Padding())
     np.testing.assert_array_equal(reader.read(np.array([2, 0, 1])), np.stack(arrays)[[2, 0, 1]])
+
+
+def test_read_run_is_one_preadv_within_a_file_and_declines_otherwise(rows, count_preadv,
+                                                                      tmp_path):
+    index, whole = rows
+    reader = BatchReader(index, Padding())
+    assert reader.plain_rows
+    np.testing.assert_array_equal(reader.read_run(10, 12), whole[10:22])  # the 4th file
+    assert count_preadv == [1]
+    assert reader.read_run(5, 8) is None  # rows 5-12 span three files
+    assert reader.read_run(0, 7) is None  # shorter than a run worth a system call
+    fortran = _save(str(tmp_path / "f.npy"), np.asfortranarray(np.ones((20, 3), "f4")))
+    assert BatchReader(index_source(fortran), Padding()).read_run(0, 10) is None
+    cast = BatchReader(index, Padding(), dtype="float64")
+    assert not cast.plain_rows
+
+
+def test_unshuffled_epochs_of_rows_equal_the_array_through_read_run(rows):
+    from keras_npy.batches import build_batch_source
+
+    index, whole = rows
+    source = build_batch_source(index.paths.roots[0], layout="rows", batch_size=8)
+    batches = [source.batch(0, i) for i in range(source.order.num_batches)]
+    np.testing.assert_array_equal(np.concatenate(batches), whole)
