@@ -251,10 +251,7 @@ class BatchReader:
         found = self._one_run(ids, consecutive)
         if found is None:
             return False
-        f, row = found
-        path = self._row_paths[f]
-        offset = self._row_offsets[f] + row * self.index.row_nbytes
-        _pread_into(path, self._fds.get(path), [_bytes_of(into)], offset)
+        self._pread_rows(*found, into)
         return True
 
     def _view_rows(self, ids: np.ndarray, consecutive: bool) -> np.ndarray | None:
@@ -277,15 +274,27 @@ class BatchReader:
         The same read as `read(ids, consecutive=True)` takes for such a batch,
         without its checks: an unshuffled epoch of one big array spends most of
         its Python here."""
+        found = self._locate_run(first, count)
+        if found is None:
+            return None
+        out = np.empty((count, *self.index.row_shape), self.native)
+        self._pread_rows(*found, out)
+        return out
+
+    def _pread_rows(self, f: int, row: int, into: np.ndarray) -> None:
+        """Fills `into` with the rows of file `f` from `row` on, in one preadv."""
+        path = self._row_paths[f]
+        _pread_into(path, self._fds.get(path), [into],
+                    self._row_offsets[f] + row * self.index.row_nbytes)
+
+    def _locate_run(self, first: int, count: int) -> tuple[int, int] | None:
+        """`(file, first row in it)` when rows `first` to `first + count - 1`
+        are at least `_MIN_RUN_ROWS` rows of one C-order file, else `None`."""
         starts = self._row_starts
         f = bisect.bisect_right(starts, first) - 1
         if count < _MIN_RUN_ROWS or first + count > starts[f + 1] or self._row_fortran[f]:
             return None
-        out = np.empty((count, *self.index.row_shape), self.native)
-        path = self._row_paths[f]
-        _pread_into(path, self._fds.get(path), [out],
-                    self._row_offsets[f] + (first - starts[f]) * self.index.row_nbytes)
-        return out
+        return f, first - starts[f]
 
     def _one_run(self, ids: np.ndarray, consecutive: bool) -> tuple[int, int] | None:
         """`(file, first row in it)` when `ids` are at least `_MIN_RUN_ROWS`
@@ -297,11 +306,7 @@ class BatchReader:
         # n strictly increasing ids spanning n - 1 are consecutive.
         if last - first != n - 1 or not (consecutive or (ids[1:] > ids[:-1]).all()):
             return None
-        starts = self._row_starts
-        f = bisect.bisect_right(starts, first) - 1
-        if last >= starts[f + 1] or self._row_fortran[f]:
-            return None
-        return f, first - starts[f]
+        return self._locate_run(first, n)
 
     def _gather_in_batch_order(self, ids: np.ndarray, into: np.ndarray) -> bool:
         """A shuffled batch from one file (few adjacent rows to coalesce) is
