@@ -78,7 +78,13 @@ class BatchSource:
         """Batch `i` of `epoch`: `x`, `(x, y)` or `(dict of x, y)`. With
         `view`, unconverted consecutive rows may be read-only views of memory
         maps (see `BatchReader.read`)."""
-        ids, consecutive = self.order.batch(epoch, i), self.order.consecutive
+        return self.batches(epoch, i, 1, view)
+
+    def batches(self, epoch: int, first: int, count: int, view: bool = False):
+        """Batches `first` to `first + count - 1` of `epoch` read as one, their
+        samples one after the other: what stacking them would give, when every
+        sample of them has one shape (no `"longest"` padding)."""
+        ids, consecutive = self.order.batches(epoch, first, count), self.order.consecutive
         x = self._plain_rows.read_run(int(ids[0]), len(ids)) if (
             consecutive and not view and self._plain_rows is not None and len(ids)) else None
         if x is None:

@@ -82,8 +82,13 @@ class Order:
 
     def batch(self, epoch: int, i: int) -> np.ndarray:
         """The sample ids of batch `i` of `epoch`, in batch order."""
+        return self.batches(epoch, i, 1)
+
+    def batches(self, epoch: int, first: int, count: int) -> np.ndarray:
+        """The sample ids of batches `first` to `first + count - 1` of `epoch`,
+        one batch after the other."""
         ids, starts = self._plan(epoch)
-        return ids[starts[i]:starts[i + 1]]
+        return ids[starts[first]:starts[first + count]]
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory
+from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory, tf_dataset
+from keras_npy.batches import build_batch_source
 
 
 def _save(path, array):
@@ -75,6 +76,35 @@ def test_same_batches_as_npy_dataset(data, case):
     _assert_same_batches(npy_dataset(*args, **kwargs), NpyDataset(*args, **kwargs))
     pydataset = NpyDataset(*args, **kwargs)
     _assert_same_batches(pydataset.to_tf_dataset(), NpyDataset(*args, **kwargs))
+
+
+@pytest.mark.parametrize("max_stack", [1, 3])
+@pytest.mark.parametrize("case", ["rows shuffled", "rows, many small batches",
+                                  "multi-input, small batches", "fixed length, small batches"])
+def test_same_batches_one_or_a_few_per_read(data, case, max_stack, monkeypatch):
+    # Small batches of one shape are read several per call and split again:
+    # by one (no stacking), and by 3 with batches left over after the stacks.
+    monkeypatch.setattr(tf_dataset, "MAX_STACK", max_stack)
+    args, kwargs = CASES[case](data)
+    dataset = npy_dataset(*args, **kwargs)
+    _assert_same_batches(dataset, NpyDataset(*args, **kwargs), epochs=3)
+
+
+@pytest.mark.parametrize("num_samples,batch_size,drop", [(57, 2, False), (57, 2, True),
+                                                          (56, 2, False), (5, 8, False)])
+def test_units_cover_every_batch_once_in_order(num_samples, batch_size, drop, monkeypatch,
+                                               tmp_path):
+    monkeypatch.setattr(tf_dataset, "MAX_STACK", 4)
+    path = _save(str(tmp_path / "x.npy"), np.zeros((num_samples, 3), "float32"))
+    source = build_batch_source(path, batch_size=batch_size, drop_remainder=drop)
+    units = tf_dataset._Units(source, tf.nest.flatten(tf_dataset._element_spec(source)))
+    covered = [b for u in range(units.count)
+               for first, count in [units.batches(u)] for b in range(first, first + count)]
+    assert covered == list(range(source.order.num_batches))
+    sizes = [len(source.order.batch(0, b)) for b in range(source.order.num_batches)]
+    stacked = [units.batches(u) for u in range(units.num_stacks)]
+    assert all(count == units.stack and set(sizes[first:first + count]) == {batch_size}
+               for first, count in stacked)
 
 
 def test_element_spec_from_headers(data):
