@@ -64,6 +64,10 @@ class BatchSource:
         # One input of rows read as stored: an unshuffled batch is one read_run.
         only = next(iter(readers.values()))
         self._plain_rows = only if not self.multi_input and only.plain_rows else None
+        # ... and when every batch is the next run of sample ids, batch `i` is
+        # rows `first + i * batch_size` on: no plan to look up.
+        self._first_id = int(order.sample_ids[0]) if (
+            self._plain_rows is not None and order.consecutive and order.num_samples) else None
 
     def file_paths(self) -> list[str]:
         """The files in unshuffled order: one per sample of this subset and
@@ -78,13 +82,30 @@ class BatchSource:
         """Batch `i` of `epoch`: `x`, `(x, y)` or `(dict of x, y)`. With
         `view`, unconverted consecutive rows may be read-only views of memory
         maps (see `BatchReader.read`)."""
+        if self._first_id is not None and not view and self.labels.in_memory:
+            return self._read_run(i, 1)  # the common case of big arrays, first
         return self.batches(epoch, i, 1, view)
 
     def batches(self, epoch: int, first: int, count: int, view: bool = False):
         """Batches `first` to `first + count - 1` of `epoch` read as one, their
         samples one after the other: what stacking them would give, when every
         sample of them has one shape (no `"longest"` padding)."""
-        ids, consecutive = self.order.batches(epoch, first, count), self.order.consecutive
+        if self._first_id is not None and not view and self.labels.in_memory:
+            return self._read_run(first, count)
+        return self._read_ids(self.order.batches(epoch, first, count), view)
+
+    def _read_run(self, first: int, count: int):
+        """Batches `first` to `first + count - 1` of consecutive plain rows."""
+        start = first * self.order.batch_size
+        size = min(count * self.order.batch_size, self.order.num_samples - start)
+        x = self._plain_rows.read_run(self._first_id + start, size)
+        if x is None:  # rows across two files
+            x = self._plain_rows.read(np.arange(start, start + size) + self._first_id, True)
+        y = self.labels.read_run(self._first_id + start, size)
+        return x if y is None else (x, y)
+
+    def _read_ids(self, ids: np.ndarray, view: bool):
+        consecutive = self.order.consecutive
         x = self._plain_rows.read_run(int(ids[0]), len(ids)) if (
             consecutive and not view and self._plain_rows is not None and len(ids)) else None
         if x is None:
@@ -134,12 +155,25 @@ class Labels:
             return (1,), np.dtype("float32")
         return self.values.shape[1:], self.values.dtype
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether labels come from memory (or there are none), not from files."""
+        return self.reader is None
+
+    def read_run(self, first: int, count: int):
+        """The labels of samples `first` to `first + count - 1` (`in_memory` only)."""
+        if self.values is None:
+            return None
+        return self._convert(self.values[first:first + count].copy())
+
     def read(self, ids: np.ndarray, consecutive: bool = False, view: bool = False):
         if self.reader is not None:
             return self.reader.read(ids, consecutive, view)
         if self.values is None:
             return None
-        labels = self.values[ids]
+        return self._convert(self.values[ids])
+
+    def _convert(self, labels: np.ndarray) -> np.ndarray:
         if self.label_mode == "categorical":
             return np.eye(self.num_classes, dtype="float32")[labels]
         if self.label_mode == "binary":

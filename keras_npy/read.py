@@ -277,8 +277,15 @@ class BatchReader:
         found = self._locate_run(first, count)
         if found is None:
             return None
+        f, row = found
         out = np.empty((count, *self.index.row_shape), self.native)
-        self._pread_rows(*found, out)
+        path, offset = self._row_paths[f], self._row_offsets[f] + row * self.index.row_nbytes
+        try:  # the common case, inline: one full preadv
+            if os.preadv(self._fds.get(path), [out], offset) == out.nbytes:
+                return out
+        except OSError:
+            pass
+        self._pread_rows(f, row, out)  # what to retry, or which error to give
         return out
 
     def _pread_rows(self, f: int, row: int, into: np.ndarray) -> None:
@@ -360,6 +367,20 @@ class BatchReader:
             into[order[mine]] = mapped[rows]
 
 
+#: How many forks this process is from the one that imported keras_npy:
+#: open files and maps are per process, and comparing this number costs less
+#: than a getpid() system call on every batch.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 class _RowMaps:
     """Read-only memory maps of rows files, per process (made again after a
     fork, never pickled). Mapped pages are file cache, not anonymous memory;
@@ -367,7 +388,7 @@ class _RowMaps:
     anew, so that the pages it touched leave this process' resident set."""
 
     def __init__(self):
-        self._pid, self._maps, self._lock = os.getpid(), {}, threading.Lock()
+        self._forks, self._maps, self._lock = _forks, {}, threading.Lock()
 
     def __reduce__(self):
         return (_RowMaps, ())
@@ -375,8 +396,8 @@ class _RowMaps:
     def get(self, index: RowIndex, f: int, nbytes: int) -> np.ndarray:
         """The map of file `f`, from which `nbytes` are about to be gathered."""
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._maps = os.getpid(), {}
+            if self._forks != _forks:  # a forked worker: the parent's are not ours
+                self._forks, self._maps = _forks, {}
             entry = self._maps.get(f)
             if entry is None or entry[1] > _UNMAP_AFTER_BYTES:
                 entry = self._maps[f] = [self._map(index, f), 0]
@@ -468,18 +489,18 @@ class _FileDescriptors:
     """Open files of the rows layout, per process (reopened after a fork)."""
 
     def __init__(self):
-        self._pid, self._fds, self._lock = os.getpid(), {}, threading.Lock()
+        self._forks, self._fds, self._lock = _forks, {}, threading.Lock()
 
     def __reduce__(self):
         return (_FileDescriptors, ())  # a copy in another process opens its own
 
     def get(self, path: str) -> int:
         fd = self._fds.get(path)
-        if fd is not None and self._pid == os.getpid():
+        if fd is not None and self._forks == _forks:
             return fd  # the common case needs no lock: entries are never replaced
         with self._lock:
-            if self._pid != os.getpid():  # a forked worker: the parent's are not ours
-                self._pid, self._fds = os.getpid(), {}
+            if self._forks != _forks:  # a forked worker: the parent's are not ours
+                self._forks, self._fds = _forks, {}
             fd = self._fds.get(path)
             if fd is None:
                 try:
@@ -489,6 +510,6 @@ class _FileDescriptors:
             return fd
 
     def __del__(self):
-        if self._pid == os.getpid():
+        if self._forks == _forks:
             for fd in self._fds.values():
                 os.close(fd)

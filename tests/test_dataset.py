@@ -52,6 +52,31 @@ def test_rows_batches_equal_the_array_with_a_short_last_batch(rows_file):
     assert len(dropped) == 10 and dropped[9].shape == (10, 4)
 
 
+@pytest.mark.parametrize("label_mode", ["int", "categorical", "binary"])
+def test_unshuffled_rows_with_labels_in_memory(tmp_path, label_mode):
+    # Unshuffled plain rows take a shortcut (batch i is rows first + i * batch
+    # on): a validation subset starts past row 0, batches of 9 rows span two
+    # files, batches of 3 are too short for one read, labels come converted.
+    xs = [np.arange(k * 1000, k * 1000 + 4 * n, dtype="float32").reshape(n, 4)
+          for k, n in enumerate([40, 23])]
+    for k, part in enumerate(xs):
+        _save(str(tmp_path / f"x_{k}.npy"), part)
+    x, y = np.concatenate(xs), np.arange(63) % 2
+    expected_y = {"int": y, "categorical": np.eye(2, dtype="float32")[y],
+                  "binary": y.astype("float32").reshape(-1, 1)}[label_mode]
+    for batch_size in (9, 3):
+        for subset, rows in (("training", slice(0, 51)), ("validation", slice(51, 63))):
+            ds = NpyDataset(str(tmp_path / "x_*.npy"), y=y, layout="rows", batch_size=batch_size,
+                            label_mode=label_mode, validation_split=0.2, subset=subset)
+            got_x, got_y = zip(*_epoch(ds))
+            np.testing.assert_array_equal(np.concatenate(got_x), x[rows])
+            np.testing.assert_array_equal(np.concatenate(got_y), expected_y[rows])
+            assert got_y[0].dtype == expected_y.dtype
+    ds = NpyDataset(str(tmp_path / "x_0.npy"), y=y[:40], batch_size=10, label_mode=label_mode)
+    ds[0][1][:] = 7  # a batch's labels are its own, not a view of the dataset's
+    np.testing.assert_array_equal(ds[0][1], expected_y[:10])
+
+
 def test_multi_file_rows_with_label_files(tmp_path):
     xs = [np.arange(k * 100, k * 100 + 2 * n).reshape(n, 2) for k, n in enumerate([3, 5, 4])]
     for k, part in enumerate(xs):

@@ -222,6 +222,28 @@ def test_reader_pickles_without_open_files(rows):
     np.testing.assert_array_equal(copy.read(np.array([10])), whole[[10]])
 
 
+def test_a_forked_process_opens_and_maps_its_own_files(rows):
+    index, whole = rows
+    reader = BatchReader(index, Padding())
+    reader.read(np.arange(9))
+    reader.read(np.array([5, 1]))  # a gather: a memory map
+    parent_fds, parent_maps = dict(reader._fds._fds), dict(reader._maps._maps)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's tables are not used, reads are right
+        ok = False
+        try:
+            ok = (reader.read(np.array([5, 1])).tolist() == whole[[5, 1]].tolist()
+                  and reader.read(np.arange(9)).tolist() == whole[:9].tolist()
+                  and reader._maps._maps[0][0] is not parent_maps[0][0]
+                  and reader._fds._fds.keys() == parent_fds.keys()
+                  and set(reader._fds._fds.values()).isdisjoint(parent_fds.values()))
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert reader._fds._fds == parent_fds  # the parent's are untouched
+    np.testing.assert_array_equal(reader.read(np.arange(9)), whole[:9])
+
+
 def test_an_empty_batch(rows, ragged):
     for index in (rows[0], ragged[0]):
         batch = BatchReader(index, Padding("longest")).read(np.array([], np.int64))
