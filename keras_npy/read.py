@@ -15,8 +15,10 @@ padded position holds `pad_value`, and data keep their dtype.
 from __future__ import annotations
 
 import bisect
+import math
 import numbers
 import os
+import sys
 import threading
 
 import numpy as np
@@ -30,6 +32,11 @@ _IOV_MAX = 1024  # Linux's limit on buffers per preadv call
 # a gathered row ~0.3 us).
 _MIN_RUN_ROWS = 8
 _UNMAP_AFTER_BYTES = 256 * 2**20
+# Batch buffers from this size up are reused (see `_BatchBuffers`), up to
+# this many and this many bytes per reader.
+_REUSE_MIN_BYTES = 64 * 2**10
+_REUSE_MAX_BUFFERS = 8
+_REUSE_MAX_BYTES = 64 * 2**20
 
 
 class Padding:
@@ -161,6 +168,7 @@ class BatchReader:
             self.plain_rows = False
         self._fds = _FileDescriptors()
         self._maps = _RowMaps()
+        self._buffers = _BatchBuffers()
 
     def element_shape(self) -> tuple[int | None, ...]:
         """The shape of one sample of a batch, `None` where batches vary."""
@@ -193,9 +201,10 @@ class BatchReader:
         return out if self.dtype == self.native else out.astype(self.dtype)
 
     def _allocate(self, n: int, target: tuple[int, ...], fill: bool) -> np.ndarray:
+        out = self._buffers.empty((n, *target), self.native)
         if fill:
-            return np.full((n, *target), self.pad_value, self.native)
-        return np.empty((n, *target), self.native)
+            out.fill(self.pad_value)
+        return out
 
     def _check_kept_axes(self) -> None:
         for axis, (spec, size) in enumerate(zip(self.axes, self.index.sample_shape)):
@@ -278,7 +287,7 @@ class BatchReader:
         if found is None:
             return None
         f, row = found
-        out = np.empty((count, *self.index.row_shape), self.native)
+        out = self._buffers.empty((count, *self.index.row_shape), self.native)
         path, offset = self._row_paths[f], self._row_offsets[f] + row * self.index.row_nbytes
         try:  # the common case, inline: one full preadv
             if os.preadv(self._fds.get(path), [out], offset) == out.nbytes:
@@ -327,7 +336,9 @@ class BatchReader:
         if high - low + 1 < 4 * len(ids) and not index.fortran_order[f]:
             return False  # dense enough that runs may be worth a preadv each
         mapped = self._maps.get(index, f, len(ids) * index.row_nbytes)
-        np.take(mapped, ids - starts[f], axis=0, out=into)
+        # The ids are in the file (checked above): mode="clip" spares the copy
+        # through a temporary buffer that the default mode makes with `out`.
+        np.take(mapped, ids - starts[f], axis=0, out=into, mode="clip")
         return True
 
     def _read_runs_and_gather(self, ids: np.ndarray, into: np.ndarray) -> None:
@@ -365,6 +376,55 @@ class BatchReader:
             rows = sorted_ids[mine] - index.row_starts[f]
             mapped = self._maps.get(index, f, len(rows) * index.row_nbytes)
             into[order[mine]] = mapped[rows]
+
+
+class _BatchBuffers:
+    """Batch arrays handed out again once nothing holds them.
+
+    A new batch-sized array is new pages from the kernel whenever the C
+    allocator has given freed memory back to the system, which TensorFlow's
+    allocator settings make it do for blocks over 128 KiB: then every batch
+    costs a page fault per 4 KiB (~3 us each here, slower than reading the
+    data; shuffled rows ran 6x slower). A buffer is reused only when its
+    reference count says that no batch, view, memoryview or tensor made from
+    it is alive (numpy views, buffer exports, `tf.convert_to_tensor` and
+    `torch.from_numpy` all hold a reference to the array whose memory they
+    use). Per process: a pickled copy starts empty.
+    """
+
+    def __init__(self):
+        self._buffers, self._lock = [], threading.Lock()
+
+    def __reduce__(self):
+        return (_BatchBuffers, ())
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialized C-order array, like `np.empty(shape, dtype)`."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not _REUSE_MIN_BYTES <= nbytes <= _REUSE_MAX_BYTES // 2:
+            return np.empty(shape, dtype)
+        with self._lock:
+            buffers = self._buffers
+            for k in range(len(buffers)):
+                if buffers[k].nbytes == nbytes and _references(buffers, k) == _UNSHARED:
+                    buffer = buffers[k]
+                    break
+            else:
+                buffer = np.empty(nbytes, np.uint8)
+                buffers.append(buffer)
+                while (len(buffers) > _REUSE_MAX_BUFFERS
+                       or sum(b.nbytes for b in buffers) > _REUSE_MAX_BYTES):
+                    buffers.pop(0)  # forgotten, not freed, while a batch still uses it
+            return buffer.view(dtype).reshape(shape)
+
+
+def _references(buffers: list, k: int) -> int:
+    return sys.getrefcount(buffers[k])
+
+
+#: What `_references` counts for a buffer that only its list holds (measured,
+#: not assumed: how a call counts its references differs between Pythons).
+_UNSHARED = _references([np.empty(1)], 0)
 
 
 #: How many forks this process is from the one that imported keras_npy:

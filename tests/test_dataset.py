@@ -77,6 +77,23 @@ def test_unshuffled_rows_with_labels_in_memory(tmp_path, label_mode):
     np.testing.assert_array_equal(ds[0][1], expected_y[:10])
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_tensors_made_from_batches_keep_their_values(tmp_path, shuffle):
+    # Batch buffers are reused once nothing holds them; a backend tensor that
+    # shares a batch's memory must hold it (TensorFlow, JAX and PyTorch).
+    x = np.random.default_rng(0).normal(size=(4096, 64)).astype("float32")
+    path = _save(str(tmp_path / "x.npy"), x)
+    ds = NpyDataset(path, batch_size=1024, shuffle=shuffle, seed=0)
+    expected = [np.array(b) for b in _epoch(NpyDataset(path, batch_size=1024, shuffle=shuffle,
+                                                      seed=0))]
+    tensors = [keras.ops.convert_to_tensor(ds[i]) for i in range(len(ds))]
+    for _ in range(3):
+        ds.on_epoch_end()
+        _epoch(ds)
+    for tensor, batch in zip(tensors, expected):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(tensor), batch)
+
+
 def test_multi_file_rows_with_label_files(tmp_path):
     xs = [np.arange(k * 100, k * 100 + 2 * n).reshape(n, 2) for k, n in enumerate([3, 5, 4])]
     for k, part in enumerate(xs):

@@ -244,6 +244,41 @@ def test_a_forked_process_opens_and_maps_its_own_files(rows):
     np.testing.assert_array_equal(reader.read(np.arange(9)), whole[:9])
 
 
+def test_batch_buffers_are_reused_only_when_nothing_holds_them(tmp_path):
+    x = np.arange(4096 * 64, dtype="float32").reshape(4096, 64)  # 256 KiB batches of 1024
+    index = index_source(_save(str(tmp_path / "x.npy"), x), layout="rows")
+    reader = BatchReader(index, Padding())
+    shuffled = np.random.default_rng(0).permutation(4096)
+
+    def batch(k):  # shuffled (a gather) and in order (a preadv), in turn
+        start = k % 4 * 1024
+        return reader.read(shuffled[start:start + 1024]) if k % 2 else reader.read_run(
+            start, 1024)
+
+    def expected_batch(k):
+        start = k % 4 * 1024
+        return x[shuffled[start:start + 1024]] if k % 2 else x[start:start + 1024]
+
+    first = batch(0)
+    address = first.__array_interface__["data"][0]
+    del first
+    again = batch(1)  # nothing held the first: its memory serves again
+    assert again.__array_interface__["data"][0] == address
+    held = [again, again[10:].reshape(-1), memoryview(batch(2)), np.frombuffer(batch(3))]
+    expected = [expected_batch(1), expected_batch(2), expected_batch(3)]
+    for k in range(4, 40):  # batches read while those are alive leave them alone
+        got = batch(k)
+        np.testing.assert_array_equal(got, expected_batch(k))
+        assert not any(np.shares_memory(got, np.asarray(h)) for h in held)
+    np.testing.assert_array_equal(held[0], expected[0])
+    np.testing.assert_array_equal(held[1], expected[0][10:].reshape(-1))
+    np.testing.assert_array_equal(np.asarray(held[2]), expected[1])
+    np.testing.assert_array_equal(held[3], expected[2].view("float64").reshape(-1))
+    assert len(reader._buffers._buffers) <= read_lib._REUSE_MAX_BUFFERS
+    small = reader.read_run(0, 10)  # small batches are plain new arrays
+    assert small.base is None
+
+
 def test_an_empty_batch(rows, ragged):
     for index in (rows[0], ragged[0]):
         batch = BatchReader(index, Padding("longest")).read(np.array([], np.int64))
