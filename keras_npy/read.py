@@ -37,6 +37,7 @@ _UNMAP_AFTER_BYTES = 256 * 2**20
 _REUSE_MIN_BYTES = 64 * 2**10
 _REUSE_MAX_BUFFERS = 8
 _REUSE_MAX_BYTES = 64 * 2**20
+_ALIGN = 64
 
 
 class Padding:
@@ -393,7 +394,10 @@ class _BatchBuffers:
     """
 
     def __init__(self):
-        self._buffers, self._lock = [], threading.Lock()
+        # Owners of the memory (what batches made from them refer to), and
+        # where in each the 64-byte-aligned buffer starts: TensorFlow and JAX
+        # take aligned arrays as they are, without copying them.
+        self._buffers, self._starts, self._lock = [], [], threading.Lock()
 
     def __reduce__(self):
         return (_BatchBuffers, ())
@@ -406,16 +410,18 @@ class _BatchBuffers:
         with self._lock:
             buffers = self._buffers
             for k in range(len(buffers)):
-                if buffers[k].nbytes == nbytes and _references(buffers, k) == _UNSHARED:
-                    buffer = buffers[k]
+                if buffers[k].nbytes == nbytes + _ALIGN and _references(buffers, k) == _UNSHARED:
+                    buffer, start = buffers[k], self._starts[k]
                     break
             else:
-                buffer = np.empty(nbytes, np.uint8)
+                buffer = np.empty(nbytes + _ALIGN, np.uint8)
+                start = -buffer.ctypes.data % _ALIGN
                 buffers.append(buffer)
+                self._starts.append(start)
                 while (len(buffers) > _REUSE_MAX_BUFFERS
                        or sum(b.nbytes for b in buffers) > _REUSE_MAX_BYTES):
-                    buffers.pop(0)  # forgotten, not freed, while a batch still uses it
-            return buffer.view(dtype).reshape(shape)
+                    del buffers[0], self._starts[0]  # forgotten, not freed, while in use
+            return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _references(buffers: list, k: int) -> int:
