@@ -163,10 +163,13 @@ def source_to_tf_dataset(source: BatchSource):
         epoch.set_shape(())
         return epoch, (epoch, unit)
 
-    dataset = tf.data.Dataset.range(units.count).scan(tf.constant(-1, tf.int64), with_epoch)
     # Every element costs a fixed ~250 us to hand to TensorFlow: small batches
     # are read several at a time, stacked, and split again by `unbatch`.
-    dataset = dataset.map(to_element, **parallel)
+    dataset = tf.data.Dataset.range(units.count)
+    if source.order.shuffle:
+        dataset = dataset.scan(tf.constant(-1, tf.int64), with_epoch).map(to_element, **parallel)
+    else:  # every epoch is the same: no stage to count them
+        dataset = dataset.map(lambda unit: to_element(tf.constant(0, tf.int64), unit), **parallel)
     if units.stacked:
         dataset = dataset.unbatch()
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(source.order.num_batches))
@@ -182,7 +185,7 @@ def source_to_tf_dataset(source: BatchSource):
 
 
 #: Batches smaller than this are read several per `numpy_function` call.
-STACK_BYTES = 2 * 2**20
+STACK_BYTES = 2**20
 MAX_STACK = 64
 
 
