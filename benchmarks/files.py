@@ -43,10 +43,13 @@ def run(results: Results, root: str, num_files: int, size: int, vary: bool, tf) 
                  lambda: each(ds.__getitem__, range(len(ds))))
     if tf is None:
         return
+
+    def np_load(path):
+        return np.load(path.decode())
+
     for parallel in (None, tf.data.AUTOTUNE):
         recipe = tf.data.Dataset.list_files(os.path.join(folder, "*", "*.npy"), shuffle=False)
-        recipe = recipe.map(lambda p: tf.numpy_function(lambda p: np.load(p.decode()), [p],
-                                                        tf.float32),
+        recipe = recipe.map(lambda p: tf.numpy_function(np_load, [p], tf.float32),
                             num_parallel_calls=parallel)
         if vary:  # numpy_function's output has no shape: people set it to pad
             recipe = recipe.map(lambda x: tf.ensure_shape(x, [None, 16])).padded_batch(256)
