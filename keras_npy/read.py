@@ -183,7 +183,7 @@ class BatchReader:
         `consecutive` says that the caller knows `ids` to be `a, a + 1, ...`.
         With `view`, consecutive rows that need no conversion come back as a
         read-only view of the file's memory map, copied by no one but the
-        caller (tf.data copies what a `numpy_function` returns anyway)."""
+        caller (a tensor made from it copies it or keeps it alive)."""
         ids = np.asarray(ids, np.int64)
         if view and isinstance(self.index, RowIndex):
             rows = self._view_rows(ids, consecutive)
@@ -450,8 +450,11 @@ os.register_at_fork(after_in_child=_count_fork)
 class _RowMaps:
     """Read-only memory maps of rows files, per process (made again after a
     fork, never pickled). Mapped pages are file cache, not anonymous memory;
-    once `_UNMAP_AFTER_BYTES` have been gathered the map is dropped and made
-    anew, so that the pages it touched leave this process' resident set."""
+    once `_UNMAP_AFTER_BYTES` have been gathered from a file larger than that,
+    the map is dropped and made anew, so that the pages it touched leave this
+    process' resident set. A smaller file keeps its map: it can never hold
+    more than the file, and a new map faults every page in again (a pass over
+    a 256 MiB file through a new map took 130 instead of 94 ms here)."""
 
     def __init__(self):
         self._forks, self._maps, self._lock = _forks, {}, threading.Lock()
@@ -465,7 +468,8 @@ class _RowMaps:
             if self._forks != _forks:  # a forked worker: the parent's are not ours
                 self._forks, self._maps = _forks, {}
             entry = self._maps.get(f)
-            if entry is None or entry[1] > _UNMAP_AFTER_BYTES:
+            large = int(index.num_rows[f]) * index.row_nbytes > _UNMAP_AFTER_BYTES
+            if entry is None or (large and entry[1] > _UNMAP_AFTER_BYTES):
                 entry = self._maps[f] = [self._map(index, f), 0]
             entry[1] += nbytes
             return entry[0]

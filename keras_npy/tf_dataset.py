@@ -134,7 +134,7 @@ def source_to_tf_dataset(source: BatchSource):
     flat_specs = tf.nest.flatten(specs)
     units = _Units(source, flat_specs)
 
-    def read(epoch, unit):  # TensorFlow copies the result: memory-map views suffice
+    def read(epoch, unit):  # memory-map views suffice: a tensor copies or holds them
         first, count = units.batches(int(unit))
         flat = tf.nest.flatten(source.batches(int(epoch), first, count, view=True))
         return [a.reshape(count, -1, *a.shape[1:]) for a in flat] if units.stacked else flat

@@ -279,6 +279,23 @@ def test_batch_buffers_are_reused_only_when_nothing_holds_them(tmp_path):
     assert small.base is None
 
 
+def test_maps_are_made_anew_only_for_files_larger_than_what_they_may_hold(rows,
+                                                                         monkeypatch):
+    index, whole = rows  # files of 9, 1, 0 and 12 rows of 24 bytes
+    monkeypatch.setattr(read_lib, "_UNMAP_AFTER_BYTES", 10 * 24)
+    reader = BatchReader(index, Padding())
+    ids = np.array([8, 0, 4])  # scattered rows of file 0 (9 rows): gathered from its map
+    later = np.array([21, 10, 15])  # ... and of file 3 (12 rows)
+    np.testing.assert_array_equal(reader.read(ids), whole[ids])
+    np.testing.assert_array_equal(reader.read(later), whole[later])
+    first_small, first_large = reader._maps._maps[0][0], reader._maps._maps[3][0]
+    for _ in range(4):  # 15 rows gathered from each: more than a map may hold
+        np.testing.assert_array_equal(reader.read(ids), whole[ids])
+        np.testing.assert_array_equal(reader.read(later), whole[later])
+    assert reader._maps._maps[0][0] is first_small  # 9 rows: kept
+    assert reader._maps._maps[3][0] is not first_large  # 12 rows: made anew
+
+
 def test_an_empty_batch(rows, ragged):
     for index in (rows[0], ragged[0]):
         batch = BatchReader(index, Padding("longest")).read(np.array([], np.int64))
