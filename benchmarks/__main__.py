@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
         if "scale" in chosen:
             scaling = scale.run(results, root,
                                 args.scale_max or (10_000 if quick else 1_000_000))
-        results.finish()  # while the data are still there
     report = {"machine": _machine(), "arguments": vars(args), "seconds": time.perf_counter() -
               started, "figures": [dataclasses.asdict(f) for f in results.figures],
               "scale": scaling}

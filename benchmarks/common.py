@@ -29,74 +29,47 @@ class Figure:
 
 
 class Results:
-    """Collects figures group by group and prints each group once it is measured.
-
-    The rates of a group are timed in rounds: every function once per round,
-    in turn, so that a machine that speeds up or slows down during a group
-    moves the limit and what is divided by it alike."""
+    """Collects figures group by group and prints each as it is measured."""
 
     def __init__(self, repeats: int):
         self.repeats, self.figures, self.notes = repeats, [], []
         self._base: dict[str, Figure] = {}
-        self._pending: list[tuple] = []
 
     def group(self, title: str) -> str:
-        self.finish()
         print(f"\n{title}")
         return title
 
     def rate(self, group: str, name: str, kind: str, amount: float, unit: str, fn,
-             base: bool = False) -> None:
-        """Records `amount / seconds` of `fn`, timed with the rest of its group
-        (after one untimed call). The figure marked `base` is what the others
-        of the group are divided by."""
-        self._pending.append((group, name, kind, amount, unit, fn, base))
+             base: bool = False) -> Figure:
+        """Times `fn` (after one untimed call) and records `amount / seconds`. The first
+        figure of a group marked `base` is what the others are divided by."""
+        fn()  # warm: page cache, imports, traced functions
+        times = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        rates = sorted(amount / t for t in times)
+        figure = Figure(group, name, kind, unit, statistics.median(rates), rates[0], rates[-1])
+        return self._add(figure, base)
 
     def value(self, group: str, name: str, kind: str, value: float, unit: str) -> Figure:
         """Records a figure that is not a rate (memory, a slope)."""
-        self.finish()
         return self._add(Figure(group, name, kind, unit, value, value, value), False)
 
-    def finish(self) -> None:
-        """Times the rates recorded since the last group, and adds them."""
-        pending, self._pending = self._pending, []
-        for *_, fn, _ in pending:
-            fn()  # warm: page cache, imports, traced functions
-        times = [[] for _ in pending]
-        for _ in range(self.repeats):
-            for k, (*_, fn, _) in enumerate(pending):
-                started = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - started)
-        order = sorted(range(len(pending)), key=lambda k: not pending[k][-1])  # base first
-        figures = {}
-        for k in order:
-            group, name, kind, amount, unit, _, base = pending[k]
-            rates = sorted(amount / t for t in times[k])
-            figures[k] = self._figure(Figure(group, name, kind, unit, statistics.median(rates),
-                                             rates[0], rates[-1]), base)
-        for k in range(len(pending)):
-            self._print(figures[k])
-
     def _add(self, figure: Figure, base: bool) -> Figure:
-        self._print(self._figure(figure, base))
-        return figure
-
-    def _figure(self, figure: Figure, base: bool) -> Figure:
         if base:
             self._base[figure.group] = figure
         reference = self._base.get(figure.group)
         if reference is not None and reference is not figure and figure.unit == reference.unit:
             figure.ratio, figure.base = figure.median / reference.median, reference.name
-        return figure
-
-    def _print(self, figure: Figure) -> None:
         self.figures.append(figure)
         ratio = f"{figure.ratio:6.2f}x" if figure.ratio is not None else " " * 7
         spread = f"[{_number(figure.low)}-{_number(figure.high)}]" if figure.low != figure.high \
             else ""
         print(f"  {figure.kind:<9} {figure.name:<50} {_number(figure.median):>12} "
               f"{figure.unit:<10} {ratio} {spread}")
+        return figure
 
 
 def _number(value: float) -> str:
