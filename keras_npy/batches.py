@@ -82,8 +82,6 @@ class BatchSource:
         """Batch `i` of `epoch`: `x`, `(x, y)` or `(dict of x, y)`. With
         `view`, unconverted consecutive rows may be read-only views of memory
         maps (see `BatchReader.read`)."""
-        if self._first_id is not None and not view and self.labels.in_memory:
-            return self._read_run(i, 1)  # the common case of big arrays, first
         return self.batches(epoch, i, 1, view)
 
     def batches(self, epoch: int, first: int, count: int, view: bool = False):
