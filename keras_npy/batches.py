@@ -61,7 +61,7 @@ class BatchSource:
         self.index, self.readers, self.labels = index, readers, labels
         self.order, self.seed = order, seed
         self.multi_input = isinstance(index.x, dict)
-        # One input of rows read as stored: an unshuffled batch is one read_run.
+        # One input of rows read as stored ...
         only = next(iter(readers.values()))
         self._plain_rows = only if not self.multi_input and only.plain_rows else None
         # ... and when every batch is the next run of sample ids, batch `i` is
@@ -104,12 +104,8 @@ class BatchSource:
 
     def _read_ids(self, ids: np.ndarray, view: bool):
         consecutive = self.order.consecutive
-        x = self._plain_rows.read_run(int(ids[0]), len(ids)) if (
-            consecutive and not view and self._plain_rows is not None and len(ids)) else None
-        if x is None:
-            x = {name: reader.read(ids, consecutive, view)
-                 for name, reader in self.readers.items()}
-            x = x if self.multi_input else x["x"]
+        x = {name: reader.read(ids, consecutive, view) for name, reader in self.readers.items()}
+        x = x if self.multi_input else x["x"]
         y = self.labels.read(ids, consecutive, view)
         return x if y is None else (x, y)
 
