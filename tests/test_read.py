@@ -37,7 +37,8 @@ def count_preadv(monkeypatch):
     return calls
 
 
-def test_sequential_rows_are_one_preadv_per_file(rows, count_preadv):
+def test_sequential_rows_are_one_preadv_per_file(rows, count_preadv, monkeypatch):
+    monkeypatch.setattr(read_lib, "_UNMAP_AFTER_BYTES", 0)  # no map is kept
     index, whole = rows
     reader = BatchReader(index, Padding())
     batch = reader.read(np.arange(0, 9))
@@ -47,6 +48,59 @@ def test_sequential_rows_are_one_preadv_per_file(rows, count_preadv):
     # Rows 5-8 and 9 are short runs, gathered from a memory map; 10-21 one preadv.
     np.testing.assert_array_equal(reader.read(np.arange(5, 22)), whole[5:22])
     assert count_preadv == [1]
+    count_preadv.clear()
+    np.testing.assert_array_equal(reader.read_run(10, 12), whole[10:22])
+    assert count_preadv == [1]
+
+
+def test_sequential_rows_of_a_kept_map_are_copied_from_it(rows, count_preadv):
+    index, whole = rows  # files small enough that their maps are kept
+    reader = BatchReader(index, Padding())
+    np.testing.assert_array_equal(reader.read(np.arange(0, 9)), whole[:9])
+    np.testing.assert_array_equal(reader.read_run(10, 12), whole[10:22])
+    np.testing.assert_array_equal(reader.read(np.arange(10, 22), consecutive=True),
+                                  whole[10:22])
+    assert count_preadv == [] and sorted(reader._maps._kept) == [0, 3]
+
+
+def _in_a_child(check) -> int:
+    """Runs `check` in a forked process (a read past the end of a memory map
+    kills its process): 0 when it returned True, 1 when not, else the signal."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    status = os.waitpid(pid, 0)[1]
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+
+
+@pytest.mark.parametrize("how", ["read_run", "consecutive", "shuffled", "view"])
+def test_a_file_cut_short_after_its_map_was_made(rows, how):
+    index, whole = rows
+
+    def check():  # in a child, for reading past the end of a map would kill pytest
+        reader = BatchReader(index, Padding())
+        read = {"read_run": lambda: reader.read_run(10, 12),
+                "consecutive": lambda: reader.read(np.arange(10, 22), consecutive=True),
+                "shuffled": lambda: reader.read(np.array([21, 10, 15, 12, 20, 11, 19, 13, 18])),
+                "view": lambda: np.array(reader.read(np.arange(10, 22), True, view=True))}[how]
+        first = read()
+        assert reader._maps._maps  # the rows came from the file's memory map
+        with open(index.paths[3], "r+b") as f:
+            f.truncate(128 + 24 * 2)
+        with pytest.raises(ValueError) as info:  # which file changed, and how
+            read()
+        return (first.reshape(-1, 3, 2)[0] == whole[21 if how == "shuffled" else 10]).all() \
+            and str(info.value) == (f"{index.paths[3]}: expected 288 bytes at offset 128, "
+                                    "found 48; the file changed after the dataset was built."
+                                    if how in ("read_run", "consecutive") else
+                                    f"{index.paths[3]}: expected a file of 416 bytes, found "
+                                    "176; the file changed after the dataset was built.")
+
+    assert _in_a_child(check) == 0
 
 
 def test_shuffled_rows_come_back_in_batch_order(rows, count_preadv):
@@ -66,13 +120,25 @@ def test_preadv_scatters_runs_to_their_slots(rows, count_preadv, monkeypatch):
     assert sorted(count_preadv) == [1, 2, 2, 3]
 
 
-def test_more_rows_than_iov_max(tmp_path, monkeypatch):
+def test_more_rows_than_iov_max(tmp_path, monkeypatch, count_preadv):
     monkeypatch.setattr(read_lib, "_IOV_MAX", 3)
     monkeypatch.setattr(read_lib, "_MIN_RUN_ROWS", 1)
+    monkeypatch.setattr(read_lib, "_UNMAP_AFTER_BYTES", 0)  # no kept map to copy from
     whole = np.arange(40, dtype="int64").reshape(20, 2)
     index = index_source(_save(str(tmp_path / "x.npy"), whole))
     ids = np.arange(19, -1, -1)  # reversed: one run of 20 rows into 20 slots, none adjacent
     np.testing.assert_array_equal(BatchReader(index, Padding()).read(ids), whole[ids])
+    assert count_preadv == [3] * 6 + [2]
+
+
+def test_rows_of_one_file_with_a_kept_map_are_gathered_from_it(tmp_path, count_preadv):
+    whole = np.arange(40, dtype="int64").reshape(20, 2)
+    index = index_source(_save(str(tmp_path / "x.npy"), whole))
+    reader = BatchReader(index, Padding())
+    for ids in (np.arange(19, -1, -1), np.array([3, 4, 5, 6, 7, 8, 9, 10, 0]),
+                np.random.default_rng(0).permutation(20)):  # dense or not
+        np.testing.assert_array_equal(reader.read(ids), whole[ids])
+    assert count_preadv == [] and list(reader._maps._kept) == [0]
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -334,13 +400,12 @@ def test_short_reads_are_resumed_byte_exact(tmp_path, monkeypatch):
     np.testing.assert_array_equal(reader.read(np.array([2, 0, 1])), np.stack(arrays)[[2, 0, 1]])
 
 
-def test_read_run_is_one_preadv_within_a_file_and_declines_otherwise(rows, count_preadv,
-                                                                      tmp_path):
+def test_read_run_reads_within_a_file_and_declines_otherwise(rows, count_preadv, tmp_path):
     index, whole = rows
     reader = BatchReader(index, Padding())
     assert reader.plain_rows
     np.testing.assert_array_equal(reader.read_run(10, 12), whole[10:22])  # the 4th file
-    assert count_preadv == [1]
+    assert count_preadv == []  # copied from its kept map (preadv: tested above)
     assert reader.read_run(5, 8) is None  # rows 5-12 span three files
     assert reader.read_run(0, 7) is None  # shorter than a run worth a system call
     fortran = _save(str(tmp_path / "f.npy"), np.asfortranarray(np.ones((20, 3), "f4")))
