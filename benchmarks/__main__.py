@@ -1,6 +1,6 @@
 """keras_npy benchmarks: the limits, the recipes people use, and keras_npy, in one run.
 
-    python -m benchmarks                 # full: ~10 minutes here, ~6 GB of temporary files
+    python -m benchmarks                 # full: ~10 minutes here, ~11 GB of temporary files
     python -m benchmarks --quick         # about a minute
     python -m benchmarks.plot results.json results.png
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "fit" in chosen:
             fit.run(results, root, num_rows, tf)
         if "memory" in chosen:
-            memory.run(results, root, args.memory_gib or (0.5 if quick else 4.0),
+            memory.run(results, root, args.memory_gib or (0.5 if quick else 5.0),
                        os.path.join(root, "files_1024_False"))
         if "scale" in chosen:
             scaling = scale.run(results, root,
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="multiplies the data sizes (default 1: 20,000 files, 262,144 rows)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (default 3)")
     parser.add_argument("--memory-gib", type=float, default=None,
-                        help="GiB streamed by the memory figure (default 4; 0.5 with --quick)")
+                        help="GiB streamed by the memory figure (default 5; 0.5 with --quick)")
     parser.add_argument("--scale-max", type=int, default=None,
                         help="largest sample count of the scale figures (default 10^6; 10^4 "
                         "with --quick)")

@@ -124,9 +124,18 @@ def write_rows(path: str, rows: int) -> str:
 
 def rss_anon() -> int:
     """Anonymous resident memory of this process, in bytes (page cache excluded)."""
+    return _status("RssAnon:")
+
+
+def rss_file() -> int:
+    """File-backed resident memory of this process (mapped page cache), in bytes."""
+    return _status("RssFile:")
+
+
+def _status(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return 0
 

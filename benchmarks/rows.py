@@ -3,6 +3,7 @@ against a plain preadv reader and the recipes people use."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -29,6 +30,14 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  "samples/s", lambda: each(mapped.__getitem__, ids))
     results.rate(group, "NpyDataset ds[i], shuffle=True", "keras_npy", samples, "samples/s",
                  lambda: each(shuffled.__getitem__, range(len(shuffled))))
+    large = NpyDataset(path, batch_size=batch, drop_remainder=True, shuffle=True, seed=0)
+
+    def as_if_larger():  # the map of a file over 256 MiB is made anew every 256 MiB read
+        with _maps_kept_up_to(rows * ROW * 4 - 1):
+            each(large.__getitem__, range(len(large)))
+
+    results.rate(group, "NpyDataset ds[i], shuffle=True, a file too large to keep mapped",
+                 "keras_npy", samples, "samples/s", as_if_larger)
     if tf is not None:
         ours = npy_dataset(path, batch_size=batch, drop_remainder=True, shuffle=True, seed=0)
         results.rate(group, "npy_dataset, shuffle=True, in a tf.function", "keras_npy",
@@ -63,6 +72,14 @@ def _sequential(results: Results, path: str, rows: int, batch: int, tf) -> None:
     ds = NpyDataset(path, batch_size=batch, drop_remainder=True)
     results.rate(group, "NpyDataset ds[i]", "keras_npy", samples, "samples/s",
                  lambda: each(ds.__getitem__, range(len(ds))))
+    large = NpyDataset(path, batch_size=batch, drop_remainder=True)
+
+    def as_if_larger():  # a file over 256 MiB keeps no map: its rows are read by preadv
+        with _maps_kept_up_to(rows * ROW * 4 - 1):
+            each(large.__getitem__, range(len(large)))
+
+    results.rate(group, "NpyDataset ds[i], a file too large to keep mapped", "keras_npy",
+                 samples, "samples/s", as_if_larger)
     if tf is None:
         return
 
@@ -99,3 +116,27 @@ def _sequential(results: Results, path: str, rows: int, batch: int, tf) -> None:
         lambda i: tf.numpy_function(ready_batch, [i], tf.float32)).prefetch(tf.data.AUTOTUNE)
     results.rate(group, "tf.data bound: numpy_function of a batch in memory", "limit",
                  samples, "samples/s", consume(tf, bound))
+
+    # The floor under that: a batch made by the graph itself, no reading and no
+    # Python at all. No pipeline of one batch per element, read however it is,
+    # is faster than this where a graph consumes it.
+    def made_in_graph(i):
+        return tf.fill([batch, ROW], tf.cast(i, tf.float32))
+
+    floor = tf.data.Dataset.range(samples // batch).map(made_in_graph).prefetch(
+        tf.data.AUTOTUNE)
+    results.rate(group, "tf.data floor: a batch made in the graph, no read", "limit",
+                 samples, "samples/s", consume(tf, floor))
+
+
+@contextlib.contextmanager
+def _maps_kept_up_to(nbytes: int):
+    """Readers keep the memory maps of files up to `nbytes`, and make those of
+    larger files anew every `nbytes` (256 MiB normally)."""
+    from keras_npy import read
+
+    saved, read._UNMAP_AFTER_BYTES = read._UNMAP_AFTER_BYTES, nbytes
+    try:
+        yield
+    finally:
+        read._UNMAP_AFTER_BYTES = saved

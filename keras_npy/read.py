@@ -33,6 +33,8 @@ _IOV_MAX = 1024  # Linux's limit on buffers per preadv call
 # a gathered row ~0.3 us).
 _MIN_RUN_ROWS = 8
 _UNMAP_AFTER_BYTES = 256 * 2**20
+# A reader keeps the maps of files no larger than that, up to this many bytes of them.
+_KEEP_MAPS_BYTES = 2**30
 # Batch buffers from this size up are reused (see `_BatchBuffers`), up to
 # this many and this many bytes per reader.
 _REUSE_MIN_BYTES = 64 * 2**10
@@ -490,13 +492,16 @@ class _RowMaps:
     the map is dropped and made anew, so that the pages it touched leave this
     process' resident set. A smaller file keeps its map: it can never hold
     more than the file, and a new map faults every page in again (a pass over
-    a 256 MiB file through a new map took 130 instead of 94 ms here).
+    a 256 MiB file through a new map took 130 instead of 94 ms here); up to
+    `_KEEP_MAPS_BYTES` of files keep theirs, so that the resident set of a
+    reader of many such files stays bounded too.
     Every read from a map checks first that its file is still as long as it
     was (see `_size`)."""
 
     def __init__(self):
         self._forks, self._maps, self._lock = _forks, {}, threading.Lock()
         self._kept: dict[int, np.ndarray] = {}  # the maps of the smaller files
+        self._kept_bytes = 0
 
     def __reduce__(self):
         return (_RowMaps, ())
@@ -509,15 +514,23 @@ class _RowMaps:
                 return mapped
         with self._lock:
             if self._forks != _forks:  # a forked worker: the parent's are not ours
-                self._forks, self._maps, self._kept = _forks, {}, {}
+                self._forks, self._maps, self._kept, self._kept_bytes = _forks, {}, {}, 0
             entry = self._maps.get(f)
-            large = _file_bytes(index, f) > _UNMAP_AFTER_BYTES
-            if entry is None or (large and entry[1] > _UNMAP_AFTER_BYTES):
+            keep = f in self._kept or self._may_keep(index, f)
+            if entry is None or (not keep and entry[1] > _UNMAP_AFTER_BYTES):
                 entry = self._maps[f] = [self._map(index, f), 0]
-                if not large:
+                if keep:
                     self._kept[f] = entry[0]
+                    self._kept_bytes += _file_bytes(index, f)
             entry[1] += nbytes
             return entry[0]
+
+    def _may_keep(self, index: RowIndex, f: int) -> bool:
+        """Whether file `f`'s map would be kept: the file is no larger than
+        `_UNMAP_AFTER_BYTES`, and the maps kept so far leave room for it
+        within `_KEEP_MAPS_BYTES` (the files mapped first keep theirs)."""
+        size = _file_bytes(index, f)
+        return size <= _UNMAP_AFTER_BYTES and self._kept_bytes + size <= _KEEP_MAPS_BYTES
 
     def kept(self, index: RowIndex, f: int) -> np.ndarray | None:
         """The map of file `f` if it is one that is kept (made now if need
@@ -530,7 +543,7 @@ class _RowMaps:
             mapped = self._kept.get(f)
             if mapped is not None:
                 return mapped
-        if _file_bytes(index, f) > _UNMAP_AFTER_BYTES:
+        if not self._may_keep(index, f):
             return None
         return self.get(index, f, 0)
 

@@ -25,7 +25,10 @@ def test_the_suite_writes_every_group_and_the_plot(tmp_path):
         assert expected in groups, expected
     names = {f["name"] for f in report["figures"]}
     assert {"NpyDataset ds[i]", "npy_dataset, in a tf.function", "npy_dataset",
-            "list_files + numpy_function(np.load), parallel + padded_batch"} <= names
+            "list_files + numpy_function(np.load), parallel + padded_batch",
+            "NpyDataset ds[i], a file too large to keep mapped",
+            "tf.data floor: a batch made in the graph, no read",
+            "NpyDataset, sequential, 256 MiB files: RssFile (kept maps)"} <= names
     for figure in report["figures"]:
         assert figure["low"] <= figure["median"] <= figure["high"], figure
         if figure["kind"] != "limit" and figure["unit"].endswith("/s") and (

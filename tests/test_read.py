@@ -345,6 +345,19 @@ def test_batch_buffers_are_reused_only_when_nothing_holds_them(tmp_path):
     assert small.base is None
 
 
+def test_maps_are_kept_up_to_a_total(rows, count_preadv, monkeypatch):
+    index, whole = rows  # files of 9, 1, 0 and 12 rows of 24 bytes
+    monkeypatch.setattr(read_lib, "_KEEP_MAPS_BYTES", 20 * 24)  # room for file 0 or 3
+    reader = BatchReader(index, Padding())
+    for _ in range(2):
+        np.testing.assert_array_equal(reader.read_run(0, 9), whole[:9])
+        np.testing.assert_array_equal(reader.read_run(10, 12), whole[10:22])
+    assert list(reader._maps._kept) == [0] and count_preadv == [1, 1]  # file 3 by preadv
+    ids = np.array([21, 10, 15, 12, 20, 11, 19, 13, 18])
+    np.testing.assert_array_equal(reader.read(ids), whole[ids])  # gathered from a map
+    assert list(reader._maps._kept) == [0] and 3 in reader._maps._maps
+
+
 def test_maps_are_made_anew_only_for_files_larger_than_what_they_may_hold(rows,
                                                                          monkeypatch):
     index, whole = rows  # files of 9, 1, 0 and 12 rows of 24 bytes
