@@ -68,6 +68,10 @@ class BatchSource:
         # rows `first + i * batch_size` on: no plan to look up.
         self._first_id = int(order.sample_ids[0]) if (
             self._plain_rows is not None and order.consecutive and order.num_samples) else None
+        # ... read by `_read_run` when labels come from memory too (with the
+        # numbers it needs as plain attributes: it is most of such an epoch's Python).
+        self._runs = self._first_id is not None and labels.in_memory
+        self._batch_size, self._num_samples = order.batch_size, order.num_samples
 
     def file_paths(self) -> list[str]:
         """The files in unshuffled order: one per sample of this subset and
@@ -88,19 +92,20 @@ class BatchSource:
         """Batches `first` to `first + count - 1` of `epoch` read as one, their
         samples one after the other: what stacking them would give, when every
         sample of them has one shape (no `"longest"` padding)."""
-        if self._first_id is not None and not view and self.labels.in_memory:
+        if self._runs and not view:
             return self._read_run(first, count)
         return self._read_ids(self.order.batches(epoch, first, count), view)
 
     def _read_run(self, first: int, count: int):
         """Batches `first` to `first + count - 1` of consecutive plain rows."""
-        start = first * self.order.batch_size
-        size = min(count * self.order.batch_size, self.order.num_samples - start)
+        start = first * self._batch_size
+        size = min(count * self._batch_size, self._num_samples - start)
         x = self._plain_rows.read_run(self._first_id + start, size)
         if x is None:  # rows across two files
             x = self._plain_rows.read(np.arange(start, start + size) + self._first_id, True)
-        y = self.labels.read_run(self._first_id + start, size)
-        return x if y is None else (x, y)
+        if self.labels.values is None:
+            return x
+        return x, self.labels.read_run(self._first_id + start, size)
 
     def _read_ids(self, ids: np.ndarray, view: bool):
         consecutive = self.order.consecutive

@@ -172,7 +172,7 @@ class NpyDataset(keras.utils.PyDataset):
                              "batches.")
         i = int(i) % num_batches
         if self.read_ahead is None:
-            return self._source.batch(self.epoch, i)
+            return self._source.batches(self.epoch, i, 1)
         return self.read_ahead.get(self.epoch, i, len(self))
 
     def to_tf_dataset(self):

@@ -170,9 +170,9 @@ def source_to_tf_dataset(source: BatchSource):
         dataset = dataset.scan(tf.constant(-1, tf.int64), with_epoch).map(to_element, **parallel)
     else:  # every epoch is the same: no stage to count them
         dataset = dataset.map(lambda unit: to_element(tf.constant(0, tf.int64), unit), **parallel)
-    if units.stacked:
-        dataset = dataset.unbatch()
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(source.order.num_batches))
+    if units.stacked:  # unbatch loses the count of elements, which fit's progress shows
+        dataset = dataset.unbatch().apply(
+            tf.data.experimental.assert_cardinality(source.order.num_batches))
     options = tf.data.Options()
     # Several workers each keep the batches of their own shard: distinct
     # samples per replica. (Reading only one's shard: see `num_shards`.)

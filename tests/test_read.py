@@ -300,7 +300,7 @@ def test_a_forked_process_opens_and_maps_its_own_files(rows):
         try:
             ok = (reader.read(np.array([5, 1])).tolist() == whole[[5, 1]].tolist()
                   and reader.read(np.arange(9)).tolist() == whole[:9].tolist()
-                  and reader._maps._maps[0][0] is not parent_maps[0][0]
+                  and reader._maps._maps[0] is not parent_maps[0]
                   and reader._fds._fds.keys() == parent_fds.keys()
                   and set(reader._fds._fds.values()).isdisjoint(parent_fds.values()))
         finally:
@@ -367,12 +367,26 @@ def test_maps_are_made_anew_only_for_files_larger_than_what_they_may_hold(rows,
     later = np.array([21, 10, 15])  # ... and of file 3 (12 rows)
     np.testing.assert_array_equal(reader.read(ids), whole[ids])
     np.testing.assert_array_equal(reader.read(later), whole[later])
-    first_small, first_large = reader._maps._maps[0][0], reader._maps._maps[3][0]
+    first_small, first_large = reader._maps._maps[0], reader._maps._maps[3]
     for _ in range(4):  # 15 rows gathered from each: more than a map may hold
         np.testing.assert_array_equal(reader.read(ids), whole[ids])
         np.testing.assert_array_equal(reader.read(later), whole[later])
-    assert reader._maps._maps[0][0] is first_small  # 9 rows: kept
-    assert reader._maps._maps[3][0] is not first_large  # 12 rows: made anew
+    assert reader._maps._maps[0] is first_small  # 9 rows: kept
+    assert reader._maps._maps[3] is not first_large  # 12 rows: made anew
+
+
+def test_maps_not_kept_are_all_dropped_after_what_they_may_hold_in_all(rows, monkeypatch):
+    index, whole = rows
+    monkeypatch.setattr(read_lib, "_UNMAP_AFTER_BYTES", 10 * 24)
+    monkeypatch.setattr(read_lib, "_KEEP_MAPS_BYTES", 0)  # no map is kept
+    reader = BatchReader(index, Padding())
+    ids, later = np.array([8, 0, 4]), np.array([21, 10, 15])  # 72 bytes of file 0, of 3
+    np.testing.assert_array_equal(reader.read(ids), whole[ids])
+    np.testing.assert_array_equal(reader.read(later), whole[later])
+    assert set(reader._maps._maps) == {0, 3}
+    for _ in range(3):  # 360 bytes gathered in all: file 0's map goes too
+        np.testing.assert_array_equal(reader.read(later), whole[later])
+    assert set(reader._maps._maps) == {3}
 
 
 def test_an_empty_batch(rows, ragged):

@@ -118,6 +118,10 @@ def test_element_spec_from_headers(data):
     assert multi.element_spec == ({"a": tf.TensorSpec((None, 3), tf.float32)},
                                   tf.TensorSpec((None, 3), tf.float32))
     assert int(ds.cardinality()) == 6 and ds.class_names == ["cat", "dog", "eel"]
+    for shuffle in (False, True):  # one batch per read, and several
+        for kwargs in ({}, {"batch_size": 2}):
+            rows = npy_dataset(data["rows"], shuffle=shuffle, **kwargs)
+            assert int(rows.cardinality()) == len(NpyDataset(data["rows"], **kwargs))
     assert ds.file_paths == NpyDataset(data["dir"], pad_to="longest").file_paths
 
 
