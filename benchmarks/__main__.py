@@ -1,6 +1,6 @@
 """keras_npy benchmarks: the limits, the recipes people use, and keras_npy, in one run.
 
-    python -m benchmarks                 # full: ~10 minutes here, ~11 GB of temporary files
+    python -m benchmarks                 # full: ~18 minutes here, ~11 GB of temporary files
     python -m benchmarks --quick         # about a minute
     python -m benchmarks.plot results.json results.png
 
