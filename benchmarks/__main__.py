@@ -6,8 +6,10 @@
 
 Every figure is measured from the page cache (each reader makes one untimed pass first),
 as the median over --repeats passes with [min-max], and divided by its group's base
-(the first "limit" of the group) measured in the same run. Results print as they come,
-then as one table, and are written as JSON (--json).
+(the first "limit" of the group) measured in the same run. Each group runs in a new
+Python process (what one group leaves behind, threads, heap or files, does not slow the
+next; --one-process to run them all in this one). Results print as they come, then as one
+table, and are written as JSON (--json).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,6 +29,9 @@ from benchmarks import common, files, fit, index, limits, memory, rows, scale
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
+    chosen = [g for g in GROUPS if g in set(args.only.split(","))] if args.only else GROUPS
+    if not args.one_process and len(chosen) > 1:
+        return _each_group_alone(args, chosen)
     quick = args.quick
     size = args.size * (0.125 if quick else 1.0)
     results = common.Results(1 if quick else args.repeats)
@@ -34,16 +41,17 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=args.temp_dir) as root:
         num_files = max(500, int(20_000 * size))
         num_rows = max(8192, int(262_144 * size))
-        chosen = set(args.only.split(",")) if args.only else set(GROUPS)
         if "limits" in chosen:
             limits.run(results, root, max(16, int(256 * size)), num_files)
         if "index" in chosen:
             index.run(results, root, num_files * 5)
         if "rows" in chosen:
             rows.run(results, root, num_rows, tf)
-        for file_size, vary in ((1024, False), (12 * 1024, False), (1024, True)):
-            if "files" in chosen or "memory" in chosen:  # memory measures the 1 KiB index
+        if "files" in chosen:
+            for file_size, vary in ((1024, False), (12 * 1024, False), (1024, True)):
                 files.run(results, root, num_files, file_size, vary, tf)
+        elif "memory" in chosen:  # it measures the index of the 1 KiB files
+            common.write_files(os.path.join(root, "files_1024_False"), num_files, 1024)
         if "fit" in chosen:
             fit.run(results, root, num_rows, tf)
         if "memory" in chosen:
@@ -52,13 +60,45 @@ def main(argv: list[str] | None = None) -> dict:
         if "scale" in chosen:
             scaling = scale.run(results, root,
                                 args.scale_max or (10_000 if quick else 1_000_000))
-    report = {"machine": _machine(), "arguments": vars(args), "seconds": time.perf_counter() -
-              started, "figures": [dataclasses.asdict(f) for f in results.figures],
-              "scale": scaling}
-    print("\n" + format_table(report["figures"]))
+    return _report(args, time.perf_counter() - started,
+                   [dataclasses.asdict(f) for f in results.figures], scaling)
+
+
+def _each_group_alone(args, chosen: list[str]) -> dict:
+    """Runs every group in a process of its own and merges what they write."""
+    started, figures, scaling = time.perf_counter(), [], None
+    passed = _argv_of(args)
+    with tempfile.TemporaryDirectory() as folder:
+        for group in chosen:
+            out = os.path.join(folder, f"{group}.json")
+            subprocess.run([sys.executable, "-m", "benchmarks", "--one-process", "--only", group,
+                            "--json", out, "--no-table", *passed], check=True)
+            with open(out) as f:
+                part = json.load(f)
+            figures += part["figures"]
+            scaling = part["scale"] or scaling
+    return _report(args, time.perf_counter() - started, figures, scaling)
+
+
+def _argv_of(args) -> list[str]:
+    """The arguments that every group's process gets as they are."""
+    passed = ["--size", str(args.size), "--repeats", str(args.repeats)]
+    passed += ["--quick"] * args.quick + ["--no-tf"] * args.no_tf
+    for name in ("memory_gib", "scale_max", "temp_dir"):
+        value = getattr(args, name)
+        if value is not None:
+            passed += ["--" + name.replace("_", "-"), str(value)]
+    return passed
+
+
+def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
+    report = {"machine": _machine(), "arguments": vars(args), "seconds": seconds,
+              "figures": figures, "scale": scaling}
+    if not args.no_table:
+        print("\n" + format_table(figures))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    print(f"\n{len(results.figures)} figures in {report['seconds']:.0f} s, written to {args.json}")
+    print(f"\n{len(figures)} figures in {seconds:.0f} s, written to {args.json}")
     return report
 
 
@@ -96,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-tf", action="store_true", help="skip everything tf.data")
     parser.add_argument("--only", default=None,
                         help=f"comma-separated groups to run, of {', '.join(GROUPS)}")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run every group in this process, not each in a new one")
+    parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
