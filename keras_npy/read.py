@@ -293,32 +293,27 @@ class BatchReader:
         found = self._locate_run(first, count)
         if found is None:
             return None
-        f, row = found
         out = self._buffers.empty((count, *self.index.row_shape), self.native)
+        self._fill_rows(*found, out)
+        return out
+
+    def _fill_rows(self, f: int, row: int, into: np.ndarray) -> None:
+        """Fills the C-contiguous `into` with the rows of file `f` from `row`
+        on: copied from the file's map when it is kept (see `_RowMaps`), else
+        one preadv."""
         fd = self._fds.get(self._row_paths[f])
         if _size(fd) >= self._row_ends[f]:  # the common cases, inline:
             mapped = self._maps.kept(self.index, f)
             if mapped is not None:  # one copy from a kept map
-                out[...] = mapped[row:row + count]
-                return out
-            try:  # or one full preadv
-                if os.preadv(fd, [out], self._row_offsets[f] + row * self.index.row_nbytes
-                             ) == out.nbytes:
-                    return out
-            except OSError:
-                pass
-        self._pread_rows(f, row, out)  # what to retry, or which error to give
-        return out
-
-    def _fill_rows(self, f: int, row: int, into: np.ndarray) -> None:
-        """Fills `into` with the rows of file `f` from `row` on: copied from
-        the file's map when it is kept (see `_RowMaps`), else one preadv."""
-        if _size(self._fds.get(self._row_paths[f])) >= self._row_ends[f]:
-            mapped = self._maps.kept(self.index, f)
-            if mapped is not None:
                 into[...] = mapped[row:row + len(into)]
                 return
-        self._pread_rows(f, row, into)
+            try:  # or one full preadv
+                if os.preadv(fd, [into], self._row_offsets[f] + row * self.index.row_nbytes
+                             ) == into.nbytes:
+                    return
+            except OSError:
+                pass
+        self._pread_rows(f, row, into)  # what to retry, or which error to give
 
     def _map(self, f: int, nbytes: int) -> np.ndarray:
         """The memory map of file `f`, from which `nbytes` are about to be
