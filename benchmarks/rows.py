@@ -30,14 +30,10 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  "samples/s", lambda: each(mapped.__getitem__, ids))
     results.rate(group, "NpyDataset ds[i], shuffle=True", "keras_npy", samples, "samples/s",
                  lambda: each(shuffled.__getitem__, range(len(shuffled))))
-    large = NpyDataset(path, batch_size=batch, drop_remainder=True, shuffle=True, seed=0)
-
-    def as_if_larger():  # the map of a file over 256 MiB is made anew every 256 MiB read
-        with _maps_kept_up_to(rows * ROW * 4 - 1):
-            each(large.__getitem__, range(len(large)))
-
     results.rate(group, "NpyDataset ds[i], shuffle=True, a file too large to keep mapped",
-                 "keras_npy", samples, "samples/s", as_if_larger)
+                 "keras_npy", samples, "samples/s", _as_if_too_large(
+                     NpyDataset(path, batch_size=batch, drop_remainder=True, shuffle=True,
+                                seed=0), rows))
     if tf is not None:
         ours = npy_dataset(path, batch_size=batch, drop_remainder=True, shuffle=True, seed=0)
         results.rate(group, "npy_dataset, shuffle=True, in a tf.function", "keras_npy",
@@ -72,14 +68,9 @@ def _sequential(results: Results, path: str, rows: int, batch: int, tf) -> None:
     ds = NpyDataset(path, batch_size=batch, drop_remainder=True)
     results.rate(group, "NpyDataset ds[i]", "keras_npy", samples, "samples/s",
                  lambda: each(ds.__getitem__, range(len(ds))))
-    large = NpyDataset(path, batch_size=batch, drop_remainder=True)
-
-    def as_if_larger():  # a file over 256 MiB keeps no map: its rows are read by preadv
-        with _maps_kept_up_to(rows * ROW * 4 - 1):
-            each(large.__getitem__, range(len(large)))
-
     results.rate(group, "NpyDataset ds[i], a file too large to keep mapped", "keras_npy",
-                 samples, "samples/s", as_if_larger)
+                 samples, "samples/s",
+                 _as_if_too_large(NpyDataset(path, batch_size=batch, drop_remainder=True), rows))
     if tf is None:
         return
 
@@ -127,6 +118,18 @@ def _sequential(results: Results, path: str, rows: int, batch: int, tf) -> None:
         tf.data.AUTOTUNE)
     results.rate(group, "tf.data floor: a batch made in the graph, no read", "limit",
                  samples, "samples/s", consume(tf, floor))
+
+
+def _as_if_too_large(ds, rows: int):
+    """A pass over `ds` as if its file of `rows` rows were larger than the 256 MiB
+    whose maps a reader keeps: sequential rows are read by preadv, and the map
+    a shuffle gathers from is made anew after every file's worth of rows."""
+
+    def one_pass():
+        with _maps_kept_up_to(rows * ROW * 4 - 1):
+            each(ds.__getitem__, range(len(ds)))
+
+    return one_pass
 
 
 @contextlib.contextmanager

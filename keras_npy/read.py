@@ -512,12 +512,16 @@ class _RowMaps:
     def __reduce__(self):
         return (_RowMaps, ())
 
+    def _kept_here(self, f: int) -> np.ndarray | None:
+        """File `f`'s kept map if this process made it: the common case, with
+        no lock (kept maps are never replaced)."""
+        return self._kept.get(f) if self._forks == _forks else None
+
     def get(self, index: RowIndex, f: int, nbytes: int) -> np.ndarray:
         """The map of file `f`, from which `nbytes` are about to be gathered."""
-        if self._forks == _forks:  # the common case needs no lock: kept maps stay
-            mapped = self._kept.get(f)
-            if mapped is not None:
-                return mapped
+        mapped = self._kept_here(f)
+        if mapped is not None:
+            return mapped
         with self._lock:
             if self._forks != _forks:  # a forked worker: the parent's are not ours
                 self._forks, self._maps, self._kept = _forks, {}, {}
@@ -551,10 +555,9 @@ class _RowMaps:
         in batches of 256 rows: 22 ms instead of 28; the first pass through a
         new map, 37 ms); a map made anew every `_UNMAP_AFTER_BYTES` would
         always be new."""
-        if self._forks == _forks:
-            mapped = self._kept.get(f)
-            if mapped is not None:
-                return mapped
+        mapped = self._kept_here(f)
+        if mapped is not None:
+            return mapped
         if not self._may_keep(index, f):
             return None
         return self.get(index, f, 0)
