@@ -454,7 +454,7 @@ class _BatchBuffers:
                 while (len(buffers) > _REUSE_MAX_BUFFERS
                        or sum(b.nbytes for b in buffers) > _REUSE_MAX_BYTES):
                     del buffers[0], self._starts[0]  # forgotten, not freed, while in use
-            return buffer[start:start + nbytes].view(dtype).reshape(shape)
+            return np.ndarray(shape, dtype, buffer, start)  # half a slice, view and reshape
 
 
 def _references(buffers: list, k: int) -> int:
