@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 ROW = 256  # float32 features per row: 1 KiB rows
+_PAUSE = 0.5  # seconds before each timing of `Results.rates_in_rounds`
 
 
 @dataclasses.dataclass
@@ -53,6 +54,33 @@ class Results:
         figure = Figure(group, name, kind, unit, statistics.median(rates), rates[0], rates[-1])
         return self._add(figure, base)
 
+    def rates_in_rounds(self, group: str, unit: str, entries: list[tuple]) -> list[Figure]:
+        """Like `rate` for each `(name, kind, amount, fn)` of `entries` (the first is the
+        base), but timed in rounds: every function once per round, in turn, a pause
+        before each. Each ratio is the median over rounds of the rate over the base's
+        rate in the same round. For figures that take seconds each, on a machine
+        whose speed drifts over tens of seconds (the no-data `fit` ceiling ranged
+        0.7-1.27x its median within one process here) more than they differ."""
+        for *_, fn in entries:
+            fn()  # warm
+        rates = [[] for _ in entries]
+        for _ in range(self.repeats):
+            for k, (*_, amount, fn) in enumerate(entries):
+                time.sleep(_PAUSE)  # the threads of the last one's pipeline wind down
+                started = time.perf_counter()
+                fn()
+                rates[k].append(amount / (time.perf_counter() - started))
+        figures = []
+        for k, (name, kind, *_) in enumerate(entries):
+            ordered = sorted(rates[k])
+            figure = Figure(group, name, kind, unit, statistics.median(ordered), ordered[0],
+                            ordered[-1])
+            if k:
+                figure.ratio = statistics.median(r / b for r, b in zip(rates[k], rates[0]))
+                figure.base = entries[0][0]
+            figures.append(self._add(figure, k == 0))
+        return figures
+
     def value(self, group: str, name: str, kind: str, value: float, unit: str) -> Figure:
         """Records a figure that is not a rate (memory, a slope)."""
         return self._add(Figure(group, name, kind, unit, value, value, value), False)
@@ -61,7 +89,8 @@ class Results:
         if base:
             self._base[figure.group] = figure
         reference = self._base.get(figure.group)
-        if reference is not None and reference is not figure and figure.unit == reference.unit:
+        if (figure.ratio is None and reference is not None and reference is not figure
+                and figure.unit == reference.unit):
             figure.ratio, figure.base = figure.median / reference.median, reference.name
         self.figures.append(figure)
         ratio = f"{figure.ratio:6.2f}x" if figure.ratio is not None else " " * 7
@@ -102,6 +131,14 @@ def open_read_close(path: str) -> None:
         f.read()
 
 
+def written() -> None:
+    """Writes back to disk what a group has just written, before it times anything: the
+    kernel writes dirty pages back ~30 s after they were written, and that work (100,000
+    files of the index group, 256 MiB of rows) otherwise lands in whichever figure is being
+    measured then, on a machine of two cores."""
+    os.sync()
+
+
 def write_files(folder: str, num_files: int, size: int, vary: bool = False,
                 num_classes: int = 1) -> str:
     """Writes `num_files` float32 samples of `size` data bytes (of 16 features; lengths
@@ -114,11 +151,13 @@ def write_files(folder: str, num_files: int, size: int, vary: bool = False,
         length = int(rng.integers(steps // 2, steps * 3 // 2 + 1)) if vary else steps
         np.save(os.path.join(folder, f"class_{i % num_classes}", f"{i:07d}.npy"),
                 np.full((length, 16), i, "float32"))
+    written()
     return folder
 
 
 def write_rows(path: str, rows: int) -> str:
     np.save(path, np.random.default_rng(0).random((rows, ROW), dtype="float32"))
+    written()
     return path
 
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from benchmarks.common import Results, open_read_close, write_files
+from benchmarks.common import Results, open_read_close, write_files, written
 
 
 def run(results: Results, root: str, size_mib: int, num_files: int) -> None:
@@ -19,6 +19,7 @@ def run(results: Results, root: str, size_mib: int, num_files: int) -> None:
     path = os.path.join(root, "limit.bin")
     with open(path, "wb") as f:
         f.write(source.tobytes())
+    written()
     chunk = bytearray(2**20)
 
     def sequential_preadv():

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from benchmarks import common
 from benchmarks.common import Results
 
 
@@ -22,6 +23,7 @@ def run(results: Results, root: str, largest: int) -> dict:
     for n in sizes:
         _extend(folder, written, n)
         written = n
+        common.written()
         build_index(folder, y="inferred", verbose=False)  # warm the page cache
         started = time.perf_counter()
         build_index(folder, y="inferred", verbose=False)
