@@ -92,17 +92,18 @@ class BatchSource:
         """Batches `first` to `first + count - 1` of `epoch` read as one, their
         samples one after the other: what stacking them would give, when every
         sample of them has one shape (no `"longest"` padding)."""
-        if self._runs and not view:
-            return self._read_run(first, count)
+        if self._runs:
+            return self._read_run(first, count, view)
         return self._read_ids(self.order.batches(epoch, first, count), view)
 
-    def _read_run(self, first: int, count: int):
+    def _read_run(self, first: int, count: int, view: bool):
         """Batches `first` to `first + count - 1` of consecutive plain rows."""
         start = first * self._batch_size
         size = min(count * self._batch_size, self._num_samples - start)
-        x = self._plain_rows.read_run(self._first_id + start, size)
+        x = self._plain_rows.read_run(self._first_id + start, size, view)
         if x is None:  # rows across two files
-            x = self._plain_rows.read(np.arange(start, start + size) + self._first_id, True)
+            x = self._plain_rows.read(np.arange(start, start + size) + self._first_id, True,
+                                      view)
         if self.labels.values is None:
             return x
         return x, self.labels.read_run(self._first_id + start, size)

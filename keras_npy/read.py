@@ -282,17 +282,21 @@ class BatchReader:
         mapped = self._map(f, len(ids) * self.index.row_nbytes)
         return mapped[row:row + len(ids)]
 
-    def read_run(self, first: int, count: int) -> np.ndarray | None:
+    def read_run(self, first: int, count: int, view: bool = False) -> np.ndarray | None:
         """Rows `first` to `first + count - 1`, in one copy from the file's
-        kept map or one preadv, when they lie in one C-order file and
-        `plain_rows`; `None` otherwise (use `read`).
+        kept map or one preadv (with `view`, a read-only view of the file's
+        map), when they lie in one C-order file and `plain_rows`; `None`
+        otherwise (use `read`).
 
-        The same read as `read(ids, consecutive=True)` takes for such a batch,
-        without its checks: an unshuffled epoch of one big array spends most of
-        its Python here."""
+        The same read as `read(ids, consecutive=True, view=view)` takes for
+        such a batch, without its checks: an unshuffled epoch of one big array
+        spends most of its Python here."""
         found = self._locate_run(first, count)
         if found is None:
             return None
+        if view:
+            f, row = found
+            return self._map(f, count * self.index.row_nbytes)[row:row + count]
         out = self._buffers.empty((count, *self.index.row_shape), self.native)
         self._fill_rows(*found, out)
         return out

@@ -133,10 +133,11 @@ def source_to_tf_dataset(source: BatchSource):
     specs = _element_spec(source)
     flat_specs = tf.nest.flatten(specs)
     units = _Units(source, flat_specs)
+    flatten = _flattener(specs)
 
     def read(epoch, unit):  # memory-map views suffice: a tensor copies or holds them
         first, count = units.batches(int(unit))
-        flat = tf.nest.flatten(source.batches(int(epoch), first, count, view=True))
+        flat = flatten(source.batches(int(epoch), first, count, view=True))
         return [a.reshape(count, -1, *a.shape[1:]) for a in flat] if units.stacked else flat
 
     def to_element(epoch, unit):
@@ -182,6 +183,18 @@ def source_to_tf_dataset(source: BatchSource):
     dataset.class_names = source.index.class_names
     dataset.file_paths = source.file_paths()
     return dataset
+
+
+def _flattener(specs):
+    """`tf.nest.flatten` for batches of this structure; a list or a tuple of
+    two arrays costs a tenth of it (~0.1 vs ~1.2 us a call)."""
+    import tensorflow as tf
+
+    if isinstance(specs, tf.TensorSpec):
+        return lambda batch: [batch]
+    if isinstance(specs, tuple) and all(isinstance(s, tf.TensorSpec) for s in specs):
+        return list
+    return tf.nest.flatten
 
 
 #: Batches smaller than this are read several per `numpy_function` call.

@@ -77,7 +77,7 @@ def _in_a_child(check) -> int:
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
 
 
-@pytest.mark.parametrize("how", ["read_run", "consecutive", "shuffled", "view"])
+@pytest.mark.parametrize("how", ["read_run", "consecutive", "shuffled", "view", "view_run"])
 def test_a_file_cut_short_after_its_map_was_made(rows, how):
     index, whole = rows
 
@@ -86,7 +86,8 @@ def test_a_file_cut_short_after_its_map_was_made(rows, how):
         read = {"read_run": lambda: reader.read_run(10, 12),
                 "consecutive": lambda: reader.read(np.arange(10, 22), consecutive=True),
                 "shuffled": lambda: reader.read(np.array([21, 10, 15, 12, 20, 11, 19, 13, 18])),
-                "view": lambda: np.array(reader.read(np.arange(10, 22), True, view=True))}[how]
+                "view": lambda: np.array(reader.read(np.arange(10, 22), True, view=True)),
+                "view_run": lambda: np.array(reader.read_run(10, 12, view=True))}[how]
         first = read()
         assert reader._maps._maps  # the rows came from the file's memory map
         with open(index.paths[3], "r+b") as f:
@@ -401,6 +402,9 @@ def test_views_of_consecutive_rows(rows, tmp_path):
     view = reader.read(np.arange(10, 20), consecutive=True, view=True)
     np.testing.assert_array_equal(view, whole[10:20])
     assert not view.flags.writeable and not view.flags.owndata
+    run = reader.read_run(10, 10, view=True)  # the same, without the checks of `read`
+    np.testing.assert_array_equal(run, whole[10:20])
+    assert not run.flags.writeable and np.shares_memory(run, view)
     across_files = reader.read(np.arange(5, 15), view=True)  # two files: read, not viewed
     np.testing.assert_array_equal(across_files, whole[5:15])
     assert across_files.flags.writeable
