@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from keras_npy import normalization_layer
-
-
-def _save(path, array, **kwargs):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, array, **kwargs)
-    return path
+from helpers import save as _save
 
 
 def _run(*args, cwd=None):

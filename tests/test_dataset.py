@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from keras_npy import NpyDataset
-
-
-def _save(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, array)
-    return path
+from helpers import save as _save
 
 
 def _epoch(ds):

@@ -9,12 +9,7 @@ from keras_npy import index as index_lib
 from keras_npy import sources
 from keras_npy.header import NpyHeader
 from keras_npy.index import FileIndex, RowIndex, build_index
-
-
-def _save(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, array)
-    return path
+from helpers import save as _save
 
 
 def _read_sample(index, i):

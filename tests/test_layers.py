@@ -12,6 +12,7 @@ import pytest
 import keras_npy
 from keras_npy import NpyDataset, normalization_layer
 from keras_npy.layers import PadOrTrim, Standardize
+from helpers import save as _save
 
 BACKEND = keras.backend.backend()
 SIDES = [(p, t) for p in ("pre", "post") for t in ("pre", "post")]
@@ -20,11 +21,6 @@ SIDES = [(p, t) for p in ("pre", "post") for t in ("pre", "post")]
 def _np(x):
     return keras.ops.convert_to_numpy(x)
 
-
-def _save(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, array)
-    return path
 
 
 def _tf():

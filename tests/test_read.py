@@ -7,12 +7,7 @@ import pytest
 from keras_npy import read as read_lib
 from keras_npy.index import index_source
 from keras_npy.read import BatchReader, Padding
-
-
-def _save(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, array)
-    return path
+from helpers import save as _save
 
 
 @pytest.fixture

@@ -11,12 +11,7 @@ import tensorflow as tf
 
 from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory, tf_dataset
 from keras_npy.batches import build_batch_source
-
-
-def _save(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, array)
-    return path
+from helpers import save as _save
 
 
 @pytest.fixture
