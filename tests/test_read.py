@@ -1,5 +1,6 @@
 import os
 import pickle
+import weakref
 
 import numpy as np
 import pytest
@@ -336,9 +337,35 @@ def test_batch_buffers_are_reused_only_when_nothing_holds_them(tmp_path):
     np.testing.assert_array_equal(held[1], expected[0][10:].reshape(-1))
     np.testing.assert_array_equal(np.asarray(held[2]), expected[1])
     np.testing.assert_array_equal(held[3], expected[2].view("float64").reshape(-1))
-    assert len(reader._buffers._buffers) <= read_lib._REUSE_MAX_BUFFERS
+    assert len(reader._buffers._entries) <= read_lib._REUSE_MAX_BUFFERS
     small = reader.read_run(0, 10)  # small batches are plain new arrays
     assert small.base is None
+
+
+def test_a_batch_array_nothing_holds_is_handed_out_again_as_it_was(tmp_path):
+    x = np.arange(4096 * 64, dtype="float32").reshape(4096, 64)  # 256 KiB batches of 1024
+    index = index_source(_save(str(tmp_path / "x.npy"), x), layout="rows")
+    reader = BatchReader(index, Padding())
+    first = reader.read_run(0, 1024)
+    seen = weakref.ref(first)  # no reference: the batch is dropped below
+    del first
+    again = reader.read_run(1024, 1024)
+    assert again is seen()  # the same array object, with the new rows
+    np.testing.assert_array_equal(again, x[1024:2048])
+    # A batch changed in place is not handed out as it is now: the next batch
+    # over its memory is a new, proper array.
+    changes = [lambda b: setattr(b, "shape", (-1,)),
+               lambda b: setattr(b, "dtype", np.dtype("int32")),
+               lambda b: b.setflags(write=False)]
+    for k, change in enumerate(changes):
+        change(again)
+        seen = weakref.ref(again)
+        del again
+        again = reader.read_run(k * 1024, 1024)
+        assert again is not seen()
+        assert again.shape == (1024, 64) and again.dtype == np.float32
+        assert again.flags.writeable and again.flags.c_contiguous
+        np.testing.assert_array_equal(again, x[k * 1024:(k + 1) * 1024])
 
 
 def test_maps_are_kept_up_to_a_total(rows, count_preadv, monkeypatch):
