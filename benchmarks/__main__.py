@@ -5,8 +5,9 @@
     python -m benchmarks.plot results.json results.png
 
 Every figure is measured from the page cache (each reader makes one untimed pass first),
-as the median over --repeats passes with [min-max], and divided by its group's base
-(the first "limit" of the group) measured in the same run. Each group runs in a new
+as the median over --repeats passes with [min-max]; a group's figures are timed in rounds
+(each once per round, after a pause) and divided by its base (the first "limit" of the
+group) round by round: see `common.Results`. Each group runs in a new
 Python process (what one group leaves behind, threads, heap or files, does not slow the
 next; --one-process to run them all in this one). Results print as they come, then as one
 table, and are written as JSON (--json).
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "scale" in chosen:
             scaling = scale.run(results, root,
                                 args.scale_max or (10_000 if quick else 1_000_000))
+        results.finish()  # the last group's rates, while its files are there
     return _report(args, time.perf_counter() - started,
                    [dataclasses.asdict(f) for f in results.figures], scaling)
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 ROW = 256  # float32 features per row: 1 KiB rows
-_PAUSE = 0.5  # seconds before each timing of `Results.rates_in_rounds`
+_PAUSE = 0.5  # seconds before each timed call (see `Results`)
 
 
 @dataclasses.dataclass
@@ -30,68 +30,62 @@ class Figure:
 
 
 class Results:
-    """Collects figures group by group and prints each as it is measured."""
+    """Collects figures group by group, and prints each group once it is timed.
+
+    The rates of a group are timed in rounds: every function once per round, in
+    turn, each after a pause (one pipeline's threads wind down before the next
+    is timed), and each ratio is the median over rounds of the rate over the
+    base's rate in the same round. This machine's speed drifts over tens of
+    seconds by more than the figures differ (the no-data `fit` ceiling ranged
+    0.7-1.27x its median within one process; the open+read+close limit
+    74,000-107,000 files/s between runs), and paired ratios take the drift
+    out. Rounds without the pause had put NpyDataset's rows at 0.67x: the
+    tf.data pipeline timed just before was still winding down."""
 
     def __init__(self, repeats: int):
-        self.repeats, self.figures, self.notes = repeats, [], []
-        self._base: dict[str, Figure] = {}
+        self.repeats, self.figures = repeats, []
+        self._pending: list[tuple] = []
 
     def group(self, title: str) -> str:
+        self.finish()
         print(f"\n{title}")
         return title
 
     def rate(self, group: str, name: str, kind: str, amount: float, unit: str, fn,
-             base: bool = False) -> Figure:
-        """Times `fn` (after one untimed call) and records `amount / seconds`. The first
-        figure of a group marked `base` is what the others are divided by."""
-        fn()  # warm: page cache, imports, traced functions
-        times = []
-        for _ in range(self.repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        rates = sorted(amount / t for t in times)
-        figure = Figure(group, name, kind, unit, statistics.median(rates), rates[0], rates[-1])
-        return self._add(figure, base)
-
-    def rates_in_rounds(self, group: str, unit: str, entries: list[tuple]) -> list[Figure]:
-        """Like `rate` for each `(name, kind, amount, fn)` of `entries` (the first is the
-        base), but timed in rounds: every function once per round, in turn, a pause
-        before each. Each ratio is the median over rounds of the rate over the base's
-        rate in the same round. For figures that take seconds each, on a machine
-        whose speed drifts over tens of seconds (the no-data `fit` ceiling ranged
-        0.7-1.27x its median within one process here) more than they differ."""
-        for *_, fn in entries:
-            fn()  # warm
-        rates = [[] for _ in entries]
-        for _ in range(self.repeats):
-            for k, (*_, amount, fn) in enumerate(entries):
-                time.sleep(_PAUSE)  # the threads of the last one's pipeline wind down
-                started = time.perf_counter()
-                fn()
-                rates[k].append(amount / (time.perf_counter() - started))
-        figures = []
-        for k, (name, kind, *_) in enumerate(entries):
-            ordered = sorted(rates[k])
-            figure = Figure(group, name, kind, unit, statistics.median(ordered), ordered[0],
-                            ordered[-1])
-            if k:
-                figure.ratio = statistics.median(r / b for r, b in zip(rates[k], rates[0]))
-                figure.base = entries[0][0]
-            figures.append(self._add(figure, k == 0))
-        return figures
+             base: bool = False) -> None:
+        """Records `amount / seconds` of `fn`, timed with the rest of its group (after
+        one untimed call) when the next group starts or `finish` is called. The figure
+        marked `base` is what the others of the group are divided by."""
+        self._pending.append((group, name, kind, amount, unit, fn, base))
 
     def value(self, group: str, name: str, kind: str, value: float, unit: str) -> Figure:
         """Records a figure that is not a rate (memory, a slope)."""
-        return self._add(Figure(group, name, kind, unit, value, value, value), False)
+        self.finish()
+        return self._add(Figure(group, name, kind, unit, value, value, value))
 
-    def _add(self, figure: Figure, base: bool) -> Figure:
-        if base:
-            self._base[figure.group] = figure
-        reference = self._base.get(figure.group)
-        if (figure.ratio is None and reference is not None and reference is not figure
-                and figure.unit == reference.unit):
-            figure.ratio, figure.base = figure.median / reference.median, reference.name
+    def finish(self) -> None:
+        """Times the rates recorded since the last group, in rounds, and adds them."""
+        pending, self._pending = self._pending, []
+        for *_, fn, _ in pending:
+            fn()  # warm: page cache, imports, traced functions
+        rates = [[] for _ in pending]
+        for _ in range(self.repeats):
+            for k, (*_, amount, _, fn, _) in enumerate(pending):
+                time.sleep(_PAUSE)
+                started = time.perf_counter()
+                fn()
+                rates[k].append(amount / (time.perf_counter() - started))
+        base = next((k for k, entry in enumerate(pending) if entry[-1]), None)
+        for k, (group, name, kind, _, unit, *_) in enumerate(pending):
+            ordered = sorted(rates[k])
+            figure = Figure(group, name, kind, unit, statistics.median(ordered), ordered[0],
+                            ordered[-1])
+            if base is not None and k != base and unit == pending[base][4]:
+                figure.ratio = statistics.median(r / b for r, b in zip(rates[k], rates[base]))
+                figure.base = pending[base][1]
+            self._add(figure)
+
+    def _add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
         ratio = f"{figure.ratio:6.2f}x" if figure.ratio is not None else " " * 7
         spread = f"[{_number(figure.low)}-{_number(figure.high)}]" if figure.low != figure.high \

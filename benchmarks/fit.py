@@ -40,30 +40,29 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                           "one epoch; ratio to one constant batch repeated (no data)")
     constant = Constant() if tf is None else tf.data.Dataset.from_tensors(
         (x[:batch], y[:batch])).repeat(batches)
-    entries = [
-        ("one constant batch repeated (no data)", "limit", samples, fit(constant)),
-        ("in-memory numpy arrays", "baseline", samples,
-         fit(x[:samples], y=y[:samples], batch_size=batch)),
-        ("NpyDataset", "keras_npy", samples,
-         fit(NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)))]
-    if tf is not None:
-        mapped = np.load(path, mmap_mode="r")
+    results.rate(group, "one constant batch repeated (no data)", "limit", samples, "samples/s",
+                 fit(constant), base=True)
+    results.rate(group, "in-memory numpy arrays", "baseline", samples, "samples/s",
+                 fit(x[:samples], y=y[:samples], batch_size=batch))
+    results.rate(group, "NpyDataset", "keras_npy", samples, "samples/s",
+                 fit(NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)))
+    if tf is None:
+        return
+    # What Keras' PyDataset path costs by itself on this backend (tf.data's
+    # from_generator, a Python call per batch): the bound of any PyDataset.
+    results.rate(group, "PyDataset bound: one constant batch, no read", "limit", samples,
+                 "samples/s", fit(Constant()))
+    mapped = np.load(path, mmap_mode="r")
 
-        def memmap_batch(i):
-            return np.asarray(mapped[i * batch:(i + 1) * batch]), y[i * batch:(i + 1) * batch]
+    def memmap_batch(i):
+        return np.asarray(mapped[i * batch:(i + 1) * batch]), y[i * batch:(i + 1) * batch]
 
-        recipe = tf.data.Dataset.range(batches).map(
-            lambda i: tf.numpy_function(memmap_batch, [i], (tf.float32, tf.float32)),
-            num_parallel_calls=tf.data.AUTOTUNE).map(
-            lambda a, b: (tf.ensure_shape(a, [batch, ROW]), tf.ensure_shape(b, [batch, 1]))
-        ).prefetch(tf.data.AUTOTUNE)
-        entries += [
-            # What Keras' PyDataset path costs by itself on this backend (tf.data's
-            # from_generator, a Python call per batch): the bound of any PyDataset.
-            ("PyDataset bound: one constant batch, no read", "limit", samples, fit(Constant())),
-            ("tf.data range().map(numpy_function(memmap))", "baseline", samples, fit(recipe)),
-            ("npy_dataset", "keras_npy", samples,
-             fit(npy_dataset(path, y=y, batch_size=batch, drop_remainder=True)))]
-    # Every fit here is seconds long and feeds the model through tf.data (on the
-    # TensorFlow backend), so they are timed in rounds: see `rates_in_rounds`.
-    results.rates_in_rounds(group, "samples/s", entries)
+    recipe = tf.data.Dataset.range(batches).map(
+        lambda i: tf.numpy_function(memmap_batch, [i], (tf.float32, tf.float32)),
+        num_parallel_calls=tf.data.AUTOTUNE).map(
+        lambda a, b: (tf.ensure_shape(a, [batch, ROW]), tf.ensure_shape(b, [batch, 1]))
+    ).prefetch(tf.data.AUTOTUNE)
+    results.rate(group, "tf.data range().map(numpy_function(memmap))", "baseline", samples,
+                 "samples/s", fit(recipe))
+    results.rate(group, "npy_dataset", "keras_npy", samples, "samples/s",
+                 fit(npy_dataset(path, y=y, batch_size=batch, drop_remainder=True)))
