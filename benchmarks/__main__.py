@@ -9,8 +9,8 @@ as the median over --repeats passes with [min-max]; a group's figures are timed 
 (each once per round, after a pause) and divided by its base (the first "limit" of the
 group) round by round: see `common.Results`. Each group runs in a new
 Python process (what one group leaves behind, threads, heap or files, does not slow the
-next; --one-process to run them all in this one). Results print as they come, then as one
-table, and are written as JSON (--json).
+next; --one-process to run them all in this one). Results print group by group, then as
+one table, and are written as JSON (--json).
 """
 
 from __future__ import annotations

@@ -272,15 +272,14 @@ class BatchReader:
     def _view_rows(self, ids: np.ndarray, consecutive: bool) -> np.ndarray | None:
         """A view of consecutive rows of one C-order file in native byte order
         and the output dtype, unpadded; `None` when that is not what is asked."""
-        if (self.stored != self.native or self.dtype != self.native
-                or self._row_target != self.index.row_shape):
+        if not self.plain_rows:
             return None
         found = self._one_run(ids, consecutive)
-        if found is None:
-            return None
-        f, row = found
-        mapped = self._map(f, len(ids) * self.index.row_nbytes)
-        return mapped[row:row + len(ids)]
+        return None if found is None else self._mapped_rows(*found, len(ids))
+
+    def _mapped_rows(self, f: int, row: int, count: int) -> np.ndarray:
+        """Rows `row` to `row + count - 1` of file `f`, as a view of its map."""
+        return self._map(f, count * self.index.row_nbytes)[row:row + count]
 
     def read_run(self, first: int, count: int, view: bool = False) -> np.ndarray | None:
         """Rows `first` to `first + count - 1`, in one copy from the file's
@@ -295,8 +294,7 @@ class BatchReader:
         if found is None:
             return None
         if view:
-            f, row = found
-            return self._map(f, count * self.index.row_nbytes)[row:row + count]
+            return self._mapped_rows(*found, count)
         out = self._buffers.empty((count, *self.index.row_shape), self.native)
         self._fill_rows(*found, out)
         return out
