@@ -15,11 +15,12 @@ import numpy as np
 
 from keras_npy import _checks
 from keras_npy.batches import build_batch_source
+from keras_npy.fit_adapter import FitAdapter
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import ReadAhead
 
 
-class NpyDataset(keras.utils.PyDataset):
+class NpyDataset(keras.utils.PyDataset, FitAdapter):
     """Batches read lazily from `.npy` files, for `model.fit` on any backend.
 
     Args:
@@ -85,6 +86,16 @@ class NpyDataset(keras.utils.PyDataset):
     asked for in order: shuffle with `shuffle=True` here and call
     `fit(..., shuffle=False)`; `fit`'s own shuffle only reorders whole batches.
 
+    On the TensorFlow backend, `fit`, `evaluate` and `predict` read an
+    NpyDataset through its own `tf.data` pipeline (that of `to_tf_dataset`,
+    each pass in the dataset's current epoch) instead of Keras' PyDataset
+    path, which hands TensorFlow one Python call per batch: the same batches,
+    faster. Keras' path is kept where only it does what was asked:
+    `class_weight`, `fit`'s `shuffle` (on by default) of a dataset made with
+    `shuffle=False`, `workers`, or a subclass's own `__getitem__`. With
+    `shuffle=True` here, `fit`'s shuffle of whole batches is skipped: each
+    epoch is already a global shuffle of the samples.
+
     Example:
 
     >>> import tempfile, numpy as np
@@ -116,11 +127,12 @@ class NpyDataset(keras.utils.PyDataset):
             num_shards=num_shards, shard_index=shard_index, follow_links=follow_links,
             verbose=verbose)
         self.index, self.seed, self.label_mode = self._source.index, self._source.seed, label_mode
-        _warn_if_shapes_vary_on_tensorflow(self._source.readers)
         parallel = workers > 1 or (workers > 0 and use_multiprocessing)
         self.read_ahead = ReadAhead(self._source, workers, use_multiprocessing,
                                     max_queue_size) if parallel else None
         self.epoch = 0
+        if not self._has_own_pipeline():
+            _warn_if_shapes_vary_on_tensorflow(self._source.readers, stacklevel=3)
 
     @property
     def workers(self) -> int:
@@ -186,6 +198,27 @@ class NpyDataset(keras.utils.PyDataset):
         """Moves to the next epoch: with `shuffle`, a new order."""
         self.epoch += 1
 
+    def _has_own_pipeline(self) -> bool:
+        """Whether Keras' TensorFlow trainer can read this dataset through its
+        own pipeline: Keras as expected, no read-ahead workers, and the batches
+        of this class, not a subclass's."""
+        cls = type(self)
+        return FitAdapter.supported and self.read_ahead is None and all(
+            getattr(cls, name) is getattr(NpyDataset, name) for name in ("__getitem__", "__len__"))
+
+    def _pipeline_for_fit(self, shuffle: bool, class_weight):
+        """What Keras' TensorFlow trainer reads (see `keras_npy.fit_adapter`):
+        this dataset's `tf.data` pipeline, each pass in `self.epoch` as it is
+        when the pass starts; `None` where only Keras' PyDataset path does what
+        `fit` was asked (`class_weight`, or batches shuffled by `fit`)."""
+        if (not self._has_own_pipeline() or class_weight is not None
+                or (shuffle and not self._source.order.shuffle)):
+            _warn_if_shapes_vary_on_tensorflow(self._source.readers, stacklevel=2)
+            return None
+        from keras_npy.tf_dataset import source_to_tf_dataset
+
+        return source_to_tf_dataset(self._source, epoch=lambda: self.epoch)
+
     def statistics(self, axis=-1, verbose: bool = True):
         """Mean and variance of the unpadded samples of this subset and shard,
         in one streaming float64 pass.
@@ -211,9 +244,10 @@ class NpyDataset(keras.utils.PyDataset):
                 f"{self.index.x!r})")
 
 
-def _warn_if_shapes_vary_on_tensorflow(readers: dict) -> None:
-    """Keras' TensorFlow trainer fixes the shape of every batch from the first
-    two it sees; say so before `fit` fails on a batch of another length."""
+def _warn_if_shapes_vary_on_tensorflow(readers: dict, stacklevel: int) -> None:
+    """Keras' PyDataset path on TensorFlow fixes the shape of every batch from
+    the first two it sees; say so before `fit` fails on a batch of another
+    length."""
     if keras.backend.backend() != "tensorflow":
         return
     for name, reader in readers.items():
@@ -221,7 +255,10 @@ def _warn_if_shapes_vary_on_tensorflow(readers: dict) -> None:
         if None in shape:
             warnings.warn(
                 f"Batches of {name} vary in shape (a sample is {shape}, None where batches "
-                "differ). On the TensorFlow backend, Keras' fit fixes batch shapes from the "
-                "first two batches and fails on others; pad to a fixed size (an int or tuple "
-                "`pad_to`) or use another Keras backend.", stacklevel=3)
+                "differ). On the TensorFlow backend, Keras' fit reads this dataset through "
+                "its PyDataset path, which fixes batch shapes from the first two batches and "
+                "fails on others; pad to a fixed size (an int or tuple `pad_to`). (Keras' "
+                "path is taken for `workers`, `class_weight`, fit's `shuffle` of a dataset "
+                "made with `shuffle=False`, or a subclass's `__getitem__`.)",
+                stacklevel=stacklevel + 1)
             return

@@ -126,8 +126,15 @@ def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
     return tuple(datasets) if subset == "both" else datasets[0]
 
 
-def source_to_tf_dataset(source: BatchSource):
-    """The `tf.data.Dataset` of a `BatchSource`'s batches, epoch after epoch."""
+def source_to_tf_dataset(source: BatchSource, epoch=None):
+    """The `tf.data.Dataset` of a `BatchSource`'s batches, epoch after epoch.
+
+    Args:
+        source: the batches.
+        epoch: `None`, for iteration `k` to be epoch `k`, or a function called
+            at the start of each iteration that returns its epoch (that of an
+            `NpyDataset` feeding `fit`). Defaults to `None`.
+    """
     import tensorflow as tf
 
     specs = _element_spec(source)
@@ -153,16 +160,16 @@ def source_to_tf_dataset(source: BatchSource):
     # calls.
     files = any(r.index.layout == "files" for r in source.readers.values())
     parallel = {} if files else dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    counter = _EpochCounter()
+    next_epoch = _EpochCounter().next if epoch is None else lambda: np.int64(epoch())
 
-    def with_epoch(epoch, unit):
+    def with_epoch(drawn, unit):
         # The first element of each iteration draws the iteration's epoch; the
         # others carry it on. (A scan costs less per iteration than a
         # generator of epochs and a flat_map: 30 vs 55 ms here.)
-        epoch = tf.cond(epoch < 0, lambda: tf.numpy_function(
-            counter.next, [], tf.int64, stateful=True), lambda: epoch)
-        epoch.set_shape(())
-        return epoch, (epoch, unit)
+        drawn = tf.cond(drawn < 0, lambda: tf.numpy_function(
+            next_epoch, [], tf.int64, stateful=True), lambda: drawn)
+        drawn.set_shape(())
+        return drawn, (drawn, unit)
 
     # Every element costs a fixed ~250 us to hand to TensorFlow: small batches
     # are read several at a time, stacked, and split again by `unbatch`.

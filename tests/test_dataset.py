@@ -379,17 +379,20 @@ def test_statistics_of_rows_by_chunks_and_bad_axes(rows_file, class_files, monke
                                "axis 0 excluded). Received: axis=3")
 
 
-def test_varying_batch_shapes_warn_on_the_tensorflow_backend_only(class_files, recwarn):
+def test_varying_batch_shapes_warn_where_keras_pydataset_path_reads_them(class_files, recwarn):
     root, _ = class_files
-    NpyDataset(root, pad_to="longest")
-    NpyDataset(root, pad_to=8)
+    NpyDataset(root, pad_to="longest")  # read through its own pipeline on TensorFlow
+    NpyDataset(root, pad_to=8, workers=2)
+    NpyDataset(root, pad_to="longest", workers=2)
     messages = [str(w.message) for w in recwarn if "vary in shape" in str(w.message)]
     if keras.backend.backend() == "tensorflow":
         assert messages == [
             "Batches of x vary in shape (a sample is (None, 3), None where batches differ). On "
-            "the TensorFlow backend, Keras' fit fixes batch shapes from the first two batches "
-            "and fails on others; pad to a fixed size (an int or tuple `pad_to`) or use another "
-            "Keras backend."]
+            "the TensorFlow backend, Keras' fit reads this dataset through its PyDataset path, "
+            "which fixes batch shapes from the first two batches and fails on others; pad to a "
+            "fixed size (an int or tuple `pad_to`). (Keras' path is taken for `workers`, "
+            "`class_weight`, fit's `shuffle` of a dataset made with `shuffle=False`, or a "
+            "subclass's `__getitem__`.)"]
     else:
         assert messages == []
 
