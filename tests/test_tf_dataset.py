@@ -102,6 +102,16 @@ def test_units_cover_every_batch_once_in_order(num_samples, batch_size, drop, mo
                for first, count in stacked)
 
 
+@pytest.mark.parametrize("row_bytes,stack", [(1024, 16), (4096, 1), (64, 64)])
+def test_batches_under_a_mebibyte_are_read_four_mebibytes_a_call(row_bytes, stack, tmp_path):
+    # 256 rows of 1 KiB: 16 batches a call; of 4 KiB (1 MiB batches): one;
+    # of 64 bytes: MAX_STACK.
+    path = _save(str(tmp_path / "x.npy"), np.zeros((256 * 80, row_bytes // 4), "float32"))
+    source = build_batch_source(path, batch_size=256)
+    units = tf_dataset._Units(source, tf.nest.flatten(tf_dataset._element_spec(source)))
+    assert (units.stack, units.stacked) == (stack, stack > 1)
+
+
 def test_element_spec_from_headers(data):
     ds = npy_dataset(data["dir"], y="inferred", pad_to="longest", batch_size=4)
     x_spec, y_spec = ds.element_spec
