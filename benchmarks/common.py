@@ -45,9 +45,13 @@ class Results:
     def __init__(self, repeats: int):
         self.repeats, self.figures = repeats, []
         self._pending: list[tuple] = []
+        self._rounds = repeats
 
-    def group(self, title: str) -> str:
+    def group(self, title: str, rounds: int | None = None) -> str:
+        """Starts a group, whose rates are timed in `rounds` rounds (`repeats`
+        unless given)."""
         self.finish()
+        self._rounds = rounds or self.repeats
         print(f"\n{title}")
         return title
 
@@ -69,7 +73,7 @@ class Results:
         for *_, fn, _ in pending:
             fn()  # warm: page cache, imports, traced functions
         rates = [[] for _ in pending]
-        for _ in range(self.repeats):
+        for _ in range(self._rounds):
             for k, (*_, amount, _, fn, _) in enumerate(pending):
                 time.sleep(_PAUSE)
                 started = time.perf_counter()

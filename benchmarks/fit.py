@@ -36,8 +36,11 @@ def run(results: Results, root: str, rows: int, tf) -> None:
         def __getitem__(self, i):
             return x[:batch], y[:batch]
 
+    # A fit's rate swings by up to 2x between passes here (passes of ~2.5 ms a
+    # step hit every pipeline, the constant batch too, now and then): more rounds.
     group = results.group(f"model.fit: Dense(1) on ({rows:,}, {ROW}) float32, batch {batch}, "
-                          "one epoch; ratio to one constant batch repeated (no data)")
+                          "one epoch; ratio to one constant batch repeated (no data)",
+                          rounds=2 * results.repeats + 1)
     constant = Constant() if tf is None else tf.data.Dataset.from_tensors(
         (x[:batch], y[:batch])).repeat(batches)
     results.rate(group, "one constant batch repeated (no data)", "limit", samples, "samples/s",
@@ -48,8 +51,13 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  fit(NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)))
     if tf is None:
         return
-    # What Keras' PyDataset path costs by itself on this backend (tf.data's
-    # from_generator, a Python call per batch): the bound of any PyDataset.
+    # On TensorFlow, fit reads an NpyDataset through its own tf.data pipeline;
+    # fit's shuffle of an unshuffled one (fit's default) takes Keras' PyDataset
+    # path, whose cost by itself is the bound below (tf.data's from_generator,
+    # a Python call per batch): the bound of any PyDataset.
+    unshuffled = NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)
+    results.rate(group, "NpyDataset, fit(shuffle=True): Keras' PyDataset path", "keras_npy",
+                 samples, "samples/s", lambda: model.fit(unshuffled, epochs=1, verbose=0))
     results.rate(group, "PyDataset bound: one constant batch, no read", "limit", samples,
                  "samples/s", fit(Constant()))
     mapped = np.load(path, mmap_mode="r")

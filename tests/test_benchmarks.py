@@ -29,6 +29,7 @@ def test_the_suite_writes_every_group_and_the_plot(tmp_path):
             "NpyDataset ds[i], a file too large to keep mapped",
             "tf.data floor: a batch made in the graph, no read",
             "PyDataset bound: one constant batch, no read",
+            "NpyDataset, fit(shuffle=True): Keras' PyDataset path",
             "NpyDataset, sequential, 256 MiB files: RssFile (kept maps)"} <= names
     for figure in report["figures"]:
         assert figure["low"] <= figure["median"] <= figure["high"], figure
