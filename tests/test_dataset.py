@@ -1,4 +1,4 @@
-"""NpyDataset end to end. CI runs this file on the TensorFlow and JAX backends."""
+"""NpyDataset end to end. CI runs this file on the TensorFlow, JAX and PyTorch backends."""
 
 import os
 import pickle
@@ -15,12 +15,6 @@ from helpers import save as _save
 
 def _epoch(ds):
     return [ds[i] for i in range(len(ds))]
-
-
-@pytest.fixture
-def rows_file(tmp_path):
-    x = np.random.default_rng(0).normal(size=(103, 4)).astype("float32")
-    return _save(str(tmp_path / "x.npy"), x), x
 
 
 @pytest.fixture

@@ -14,12 +14,6 @@ TENSORFLOW = keras.backend.backend() == "tensorflow"
 
 
 @pytest.fixture
-def rows_file(tmp_path):
-    x = np.random.default_rng(0).normal(size=(103, 4)).astype("float32")
-    return save(str(tmp_path / "x.npy"), x), x
-
-
-@pytest.fixture
 def calls(monkeypatch):
     """The batch indices `NpyDataset.__getitem__` was asked for: Keras' PyDataset
     path asks for every batch; the dataset's own pipeline never does."""

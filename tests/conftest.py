@@ -1,0 +1,12 @@
+"""Fixtures several test files share."""
+
+import numpy as np
+import pytest
+from helpers import save
+
+
+@pytest.fixture
+def rows_file(tmp_path):
+    """`(path, x)`: a (103, 4) float32 rows file and its array."""
+    x = np.random.default_rng(0).normal(size=(103, 4)).astype("float32")
+    return save(str(tmp_path / "x.npy"), x), x
