@@ -210,7 +210,8 @@ STACK_BYTES = 2**20
 #: ... as many as make this many bytes, up to `MAX_STACK`. Fewer calls leave
 #: more of the cores to training: `fit` of a Dense(1) on batches of 256 KiB
 #: ran at 0.89x of the no-data ceiling with 4 MiB a call, 0.72x with 1 MiB (12
-#: passes each, paired with the ceiling's); iterating alone, 1.0-1.5x faster.
+#: passes each, paired with the ceiling's); iterating alone, about the same
+#: (1.01x, 0.84-1.54x over 5 passes).
 UNIT_BYTES = 4 * 2**20
 MAX_STACK = 64
 

@@ -154,11 +154,10 @@ def test_each_pass_of_the_own_pipeline_reads_the_epoch_it_starts_in(rows_file):
             [reference[i][1] for i in range(len(reference))]))
 
 
+@pytest.mark.skipif(not TENSORFLOW, reason="NpyDataset is a DataAdapter on TensorFlow only")
 def test_a_caller_other_than_the_trainer_gets_keras_pydataset_path(rows_file, calls):
     path, x = rows_file
     ds = NpyDataset(path, y=x[:, 0], batch_size=16)
-    if not TENSORFLOW:
-        return
     got = [bx for bx, _ in ds.get_tf_dataset().as_numpy_iterator()]
     np.testing.assert_array_equal(np.concatenate(got), x)
     assert len(calls) >= len(ds)
