@@ -26,8 +26,8 @@ def run(results: Results, root: str, rows: int, tf) -> None:
     model = keras.Sequential([keras.Input((ROW,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
 
-    def fit(data, **kwargs):
-        return lambda: model.fit(data, epochs=1, verbose=0, shuffle=False, **kwargs)
+    def fit(data, shuffle=False, **kwargs):
+        return lambda: model.fit(data, epochs=1, verbose=0, shuffle=shuffle, **kwargs)
 
     class Constant(keras.utils.PyDataset):
         def __len__(self):
@@ -47,17 +47,16 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  fit(constant), base=True)
     results.rate(group, "in-memory numpy arrays", "baseline", samples, "samples/s",
                  fit(x[:samples], y=y[:samples], batch_size=batch))
-    results.rate(group, "NpyDataset", "keras_npy", samples, "samples/s",
-                 fit(NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)))
+    ds = NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)
+    results.rate(group, "NpyDataset", "keras_npy", samples, "samples/s", fit(ds))
     if tf is None:
         return
     # On TensorFlow, fit reads an NpyDataset through its own tf.data pipeline;
     # fit's shuffle of an unshuffled one (fit's default) takes Keras' PyDataset
     # path, whose cost by itself is the bound below (tf.data's from_generator,
     # a Python call per batch): the bound of any PyDataset.
-    unshuffled = NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)
     results.rate(group, "NpyDataset, fit(shuffle=True): Keras' PyDataset path", "keras_npy",
-                 samples, "samples/s", lambda: model.fit(unshuffled, epochs=1, verbose=0))
+                 samples, "samples/s", fit(ds, shuffle=True))
     results.rate(group, "PyDataset bound: one constant batch, no read", "limit", samples,
                  "samples/s", fit(Constant()))
     mapped = np.load(path, mmap_mode="r")
