@@ -290,6 +290,15 @@ class BatchReader:
         The same read as `read(ids, consecutive=True, view=view)` takes for
         such a batch, without its checks: an unshuffled epoch of one big array
         spends most of its Python here."""
+        run = self._maps.run
+        if (run is not None and not view and run[0] == _forks and run[1] <= first
+                and first + count <= run[2] and count >= _MIN_RUN_ROWS):
+            # Rows of the file last copied from its kept map: the next batch of
+            # an unshuffled epoch, with none of the look-ups of `_fill_rows`.
+            out = self._buffers.empty((count, *self.index.row_shape), self.native)
+            if _size(run[4]) >= run[5]:
+                out[...] = run[3][first - run[1]:first - run[1] + count]
+                return out
         found = self._locate_run(first, count)
         if found is None:
             return None
@@ -308,6 +317,9 @@ class BatchReader:
             mapped = self._maps.kept(self.index, f)
             if mapped is not None:  # one copy from a kept map
                 into[...] = mapped[row:row + len(into)]
+                start = self._row_starts[f]  # what `read_run` copies from next
+                self._maps.run = (_forks, start, self._row_starts[f + 1], mapped, fd,
+                                  self._row_ends[f])
                 return
             try:  # or one full preadv
                 if os.preadv(fd, [into], self._row_offsets[f] + row * self.index.row_nbytes
@@ -439,12 +451,20 @@ class _BatchBuffers:
         # batch array made on its 64-byte-aligned part (TensorFlow and JAX
         # take aligned arrays as they are, without copying them).
         self._entries, self._lock = [], threading.Lock()
+        self._last: list | None = None  # the entry handed out last
 
     def __reduce__(self):
         return (_BatchBuffers, ())
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialized C-order array, like `np.empty(shape, dtype)`."""
+        with self._lock:
+            # The common case first: the last batch asked for again, dropped by now.
+            last = self._last
+            if last is not None and last[1].shape == shape and _holders(last) == _UNHELD:
+                batch = last[1]
+                if batch.dtype == dtype and _intact(batch):
+                    return batch
         nbytes = math.prod(shape) * dtype.itemsize
         if not _REUSE_MIN_BYTES <= nbytes <= _REUSE_MAX_BYTES // 2:
             return np.empty(shape, dtype)
@@ -452,11 +472,12 @@ class _BatchBuffers:
             for entry in self._entries:
                 if entry[1].nbytes == nbytes and _holders(entry) == _UNHELD:
                     batch = entry[1]
+                    self._last = entry
                     if batch.shape == shape and batch.dtype == dtype and _intact(batch):
                         return batch
                     entry[1] = _batch_on(entry[0], shape, dtype)
                     return entry[1]
-            entry = _new_entry(shape, dtype)
+            entry = self._last = _new_entry(shape, dtype)
             self._entries.append(entry)
             while (len(self._entries) > _REUSE_MAX_BUFFERS
                    or sum(e[0].nbytes for e in self._entries) > _REUSE_MAX_BYTES):
@@ -531,6 +552,9 @@ class _RowMaps:
         self._kept: dict[int, np.ndarray] = {}  # the maps of the smaller files
         self._kept_bytes = 0
         self._gathered = 0  # from the maps that are not kept, since they were made
+        #: `(forks, first row, end row, map, fd, end byte)` of the kept map that
+        #: `BatchReader.read_run` copied from last, or `None`.
+        self.run = None
 
     def __reduce__(self):
         return (_RowMaps, ())

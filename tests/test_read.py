@@ -280,8 +280,9 @@ def test_reader_pickles_without_open_files(rows):
     index, whole = rows
     reader = BatchReader(index, Padding())
     reader.read(np.arange(3))  # opens a file
+    reader.read_run(0, 9)
     copy = pickle.loads(pickle.dumps(reader))
-    assert copy._fds._fds == {}
+    assert copy._fds._fds == {} and copy._maps.run is None and copy._buffers._last is None
     np.testing.assert_array_equal(copy.read(np.array([10])), whole[[10]])
 
 
@@ -290,6 +291,7 @@ def test_a_forked_process_opens_and_maps_its_own_files(rows):
     reader = BatchReader(index, Padding())
     reader.read(np.arange(9))
     reader.read(np.array([5, 1]))  # a gather: a memory map
+    reader.read_run(0, 9)  # which `read_run` copies from next
     parent_fds, parent_maps = dict(reader._fds._fds), dict(reader._maps._maps)
     pid = os.fork()
     if pid == 0:  # the child: the parent's tables are not used, reads are right
@@ -297,6 +299,9 @@ def test_a_forked_process_opens_and_maps_its_own_files(rows):
         try:
             ok = (reader.read(np.array([5, 1])).tolist() == whole[[5, 1]].tolist()
                   and reader.read(np.arange(9)).tolist() == whole[:9].tolist()
+                  and reader.read_run(0, 9).tolist() == whole[:9].tolist()
+                  and reader._maps.run[3] is reader._maps._maps[0]
+                  and reader._maps.run[4] == reader._fds._fds[reader._row_paths[0]]
                   and reader._maps._maps[0] is not parent_maps[0]
                   and reader._fds._fds.keys() == parent_fds.keys()
                   and set(reader._fds._fds.values()).isdisjoint(parent_fds.values()))
