@@ -293,11 +293,19 @@ class BatchReader:
         run = self._maps.run
         if (run is not None and not view and run[0] == _forks and run[1] <= first
                 and first + count <= run[2] and count >= _MIN_RUN_ROWS):
-            # Rows of the file last copied from its kept map: the next batch of
-            # an unshuffled epoch, with none of the look-ups of `_fill_rows`.
+            # Rows of the file `_fill_rows` read last, read as it did: the next
+            # batch of an unshuffled epoch, with none of its look-ups.
             out = self._buffers.empty((count, *self.index.row_shape), self.native)
-            if _size(run[4]) >= run[5]:
-                out[...] = run[3][first - run[1]:first - run[1] + count]
+            mapped = run[3]
+            if mapped is None:
+                try:  # a short read (the file changed) is retried below
+                    if os.preadv(run[4], [out], run[6] + first * self.index.row_nbytes
+                                 ) == out.nbytes:
+                        return out
+                except OSError:
+                    pass
+            elif _size(run[4]) >= run[5]:
+                out[...] = mapped[first - run[1]:first - run[1] + count]
                 return out
         found = self._locate_run(first, count)
         if found is None:
@@ -317,17 +325,23 @@ class BatchReader:
             mapped = self._maps.kept(self.index, f)
             if mapped is not None:  # one copy from a kept map
                 into[...] = mapped[row:row + len(into)]
-                start = self._row_starts[f]  # what `read_run` copies from next
-                self._maps.run = (_forks, start, self._row_starts[f + 1], mapped, fd,
-                                  self._row_ends[f])
+                self._remember_run(f, mapped, fd)
                 return
             try:  # or one full preadv
                 if os.preadv(fd, [into], self._row_offsets[f] + row * self.index.row_nbytes
                              ) == into.nbytes:
+                    self._remember_run(f, None, fd)
                     return
             except OSError:
                 pass
         self._pread_rows(f, row, into)  # what to retry, or which error to give
+
+    def _remember_run(self, f: int, mapped: np.ndarray | None, fd: int) -> None:
+        """Lets `read_run` read file `f` next as `_fill_rows` just did: from
+        its kept map `mapped`, or by preadv (`None`)."""
+        start, nbytes = self._row_starts[f], self.index.row_nbytes
+        self._maps.run = (_forks, start, self._row_starts[f + 1], mapped, fd,
+                          self._row_ends[f], self._row_offsets[f] - start * nbytes)
 
     def _map(self, f: int, nbytes: int) -> np.ndarray:
         """The memory map of file `f`, from which `nbytes` are about to be
@@ -552,8 +566,8 @@ class _RowMaps:
         self._kept: dict[int, np.ndarray] = {}  # the maps of the smaller files
         self._kept_bytes = 0
         self._gathered = 0  # from the maps that are not kept, since they were made
-        #: `(forks, first row, end row, map, fd, end byte)` of the kept map that
-        #: `BatchReader.read_run` copied from last, or `None`.
+        #: `(forks, first row, end row, kept map or None, fd, end byte, offset
+        #: of row 0)`: how `BatchReader.read_run` reads the file it read last.
         self.run = None
 
     def __reduce__(self):

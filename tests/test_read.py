@@ -59,6 +59,26 @@ def test_sequential_rows_of_a_kept_map_are_copied_from_it(rows, count_preadv):
     assert count_preadv == [] and sorted(reader._maps._kept) == [0, 3]
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_read_run_reads_as_it_read_last(rows, count_preadv, monkeypatch, kept):
+    index, whole = rows  # files of 9, 1, 0 and 12 rows
+    if not kept:
+        monkeypatch.setattr(read_lib, "_UNMAP_AFTER_BYTES", 0)
+    reader = BatchReader(index, Padding())
+    for first, count in [(0, 9), (10, 8), (12, 10), (0, 8), (1, 8), (13, 9)]:
+        np.testing.assert_array_equal(reader.read_run(first, count),
+                                      whole[first:first + count])
+    assert count_preadv == ([] if kept else [1] * 6)
+    assert reader._maps.run[:3] == (read_lib._forks, 10, 22)  # file 3, read last
+    assert (reader._maps.run[3] is reader._maps._kept[3]) if kept else reader._maps.run[3] is None
+    if not kept:  # a short read says which file changed (a map is checked in a child below)
+        with open(index.paths[3], "r+b") as f:
+            f.truncate(128 + 24 * 2)
+        with pytest.raises(ValueError, match="expected 216 bytes at offset 200, found 0; the "
+                                             "file changed after the dataset was built"):
+            reader.read_run(13, 9)
+
+
 def _in_a_child(check) -> int:
     """Runs `check` in a forked process (a read past the end of a memory map
     kills its process): 0 when it returned True, 1 when not, else the signal."""
