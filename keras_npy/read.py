@@ -457,7 +457,9 @@ class _BatchBuffers:
     object, when it is still what was asked for (shape, dtype, writable,
     C order: a caller may have changed those in place): a new array over the
     same memory cost 2.4-3.8 us more per 256 KiB batch here, a tenth of a
-    sequential batch. Per process: a pickled copy starts empty.
+    sequential batch. The entry handed out last is looked at first, before
+    any size is computed: it is the one that a loop which drops each batch
+    asks for again. Per process: a pickled copy starts empty.
     """
 
     def __init__(self):
