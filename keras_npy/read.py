@@ -291,57 +291,53 @@ class BatchReader:
         such a batch, without its checks: an unshuffled epoch of one big array
         spends most of its Python here."""
         run = self._maps.run
-        if (run is not None and not view and run[0] == _forks and run[1] <= first
-                and first + count <= run[2] and count >= _MIN_RUN_ROWS):
-            # Rows of the file `_fill_rows` read last, read as it did: the next
-            # batch of an unshuffled epoch, with none of its look-ups.
-            out = self._buffers.empty((count, *self.index.row_shape), self.native)
-            mapped = run[3]
-            if mapped is None:
-                try:  # a short read (the file changed) is retried below
-                    if os.preadv(run[4], [out], run[6] + first * self.index.row_nbytes
-                                 ) == out.nbytes:
-                        return out
-                except OSError:
-                    pass
-            elif _size(run[4]) >= run[5]:
-                out[...] = mapped[first - run[1]:first - run[1] + count]
-                return out
-        found = self._locate_run(first, count)
-        if found is None:
-            return None
-        if view:
-            return self._mapped_rows(*found, count)
+        if (view or run is None or run[0] != _forks or not run[1] <= first
+                or first + count > run[2] or count < _MIN_RUN_ROWS):
+            # Not rows of the file read last (the next batch of an unshuffled
+            # epoch is): find the file.
+            found = self._locate_run(first, count)
+            if found is None:
+                return None
+            if view:
+                return self._mapped_rows(*found, count)
+            run = self._run_of(found[0])
         out = self._buffers.empty((count, *self.index.row_shape), self.native)
-        self._fill_rows(*found, out)
+        self._read_in_run(run, first, out)
         return out
 
     def _fill_rows(self, f: int, row: int, into: np.ndarray) -> None:
-        """Fills the C-contiguous `into` with the rows of file `f` from `row`
-        on: copied from the file's map when it is kept (see `_RowMaps`), else
-        one preadv."""
+        """Fills the C-contiguous `into` with the rows of file `f` from `row` on."""
+        self._read_in_run(self._run_of(f), self._row_starts[f] + row, into)
+
+    def _run_of(self, f: int) -> tuple:
+        """How the rows of file `f` are read: `(forks, first row, end row,
+        kept map or None, fd, end byte, offset of row 0, f)`. They are copied
+        from the file's map when it is kept (see `_RowMaps`), else read by
+        preadv."""
         fd = self._fds.get(self._row_paths[f])
-        if _size(fd) >= self._row_ends[f]:  # the common cases, inline:
-            mapped = self._maps.kept(self.index, f)
-            if mapped is not None:  # one copy from a kept map
-                into[...] = mapped[row:row + len(into)]
-                self._remember_run(f, mapped, fd)
-                return
-            try:  # or one full preadv
-                if os.preadv(fd, [into], self._row_offsets[f] + row * self.index.row_nbytes
-                             ) == into.nbytes:
-                    self._remember_run(f, None, fd)
+        # A map is made only of a file as long as it was (see `_size`).
+        mapped = self._maps.kept(self.index, f) if _size(fd) >= self._row_ends[f] else None
+        start = self._row_starts[f]
+        return (_forks, start, self._row_starts[f + 1], mapped, fd, self._row_ends[f],
+                self._row_offsets[f] - start * self.index.row_nbytes, f)
+
+    def _read_in_run(self, run: tuple, first: int, into: np.ndarray) -> None:
+        """Fills `into` with rows `first` on, of the file of `run` (see
+        `_run_of`): one copy from its kept map or one preadv. `read_run` looks
+        at the run read last first."""
+        mapped, fd = run[3], run[4]
+        if mapped is None:
+            try:
+                if os.preadv(fd, [into], run[6] + first * self.index.row_nbytes) == into.nbytes:
+                    self._maps.run = run
                     return
             except OSError:
                 pass
-        self._pread_rows(f, row, into)  # what to retry, or which error to give
-
-    def _remember_run(self, f: int, mapped: np.ndarray | None, fd: int) -> None:
-        """Lets `read_run` read file `f` next as `_fill_rows` just did: from
-        its kept map `mapped`, or by preadv (`None`)."""
-        start, nbytes = self._row_starts[f], self.index.row_nbytes
-        self._maps.run = (_forks, start, self._row_starts[f + 1], mapped, fd,
-                          self._row_ends[f], self._row_offsets[f] - start * nbytes)
+        elif _size(fd) >= run[5]:  # a map is read only while its file is as long as it was
+            into[...] = mapped[first - run[1]:first - run[1] + len(into)]
+            self._maps.run = run
+            return
+        self._pread_rows(run[7], first - run[1], into)  # what to retry, or which error to give
 
     def _map(self, f: int, nbytes: int) -> np.ndarray:
         """The memory map of file `f`, from which `nbytes` are about to be
@@ -568,8 +564,7 @@ class _RowMaps:
         self._kept: dict[int, np.ndarray] = {}  # the maps of the smaller files
         self._kept_bytes = 0
         self._gathered = 0  # from the maps that are not kept, since they were made
-        #: `(forks, first row, end row, kept map or None, fd, end byte, offset
-        #: of row 0)`: how `BatchReader.read_run` reads the file it read last.
+        #: How `BatchReader` read rows last (see `BatchReader._run_of`).
         self.run = None
 
     def __reduce__(self):
