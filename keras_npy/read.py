@@ -315,8 +315,9 @@ class BatchReader:
         from the file's map when it is kept (see `_RowMaps`), else read by
         preadv."""
         fd = self._fds.get(self._row_paths[f])
-        # A map is made only of a file as long as it was (see `_size`).
-        mapped = self._maps.kept(self.index, f) if _size(fd) >= self._row_ends[f] else None
+        mapped = self._maps.kept_here(f)  # checked against the file's size where it is read
+        if mapped is None and _size(fd) >= self._row_ends[f]:
+            mapped = self._maps.kept(self.index, f)  # made only of a file as long as it was
         start = self._row_starts[f]
         return (_forks, start, self._row_starts[f + 1], mapped, fd, self._row_ends[f],
                 self._row_offsets[f] - start * self.index.row_nbytes, f)
@@ -570,14 +571,14 @@ class _RowMaps:
     def __reduce__(self):
         return (_RowMaps, ())
 
-    def _kept_here(self, f: int) -> np.ndarray | None:
+    def kept_here(self, f: int) -> np.ndarray | None:
         """File `f`'s kept map if this process made it: the common case, with
         no lock (kept maps are never replaced)."""
         return self._kept.get(f) if self._forks == _forks else None
 
     def get(self, index: RowIndex, f: int, nbytes: int) -> np.ndarray:
         """The map of file `f`, from which `nbytes` are about to be gathered."""
-        mapped = self._kept_here(f)
+        mapped = self.kept_here(f)
         if mapped is not None:
             return mapped
         with self._lock:
@@ -613,7 +614,7 @@ class _RowMaps:
         in batches of 256 rows: 22 ms instead of 28; the first pass through a
         new map, 37 ms); a map made anew every `_UNMAP_AFTER_BYTES` would
         always be new."""
-        mapped = self._kept_here(f)
+        mapped = self.kept_here(f)
         if mapped is not None:
             return mapped
         if not self._may_keep(index, f):

@@ -59,6 +59,19 @@ def test_sequential_rows_of_a_kept_map_are_copied_from_it(rows, count_preadv):
     assert count_preadv == [] and sorted(reader._maps._kept) == [0, 3]
 
 
+def test_a_batch_from_a_kept_map_checks_the_file_size_once(rows, monkeypatch):
+    index, whole = rows
+    reader = BatchReader(index, Padding())
+    reader.read(np.arange(10, 22))  # makes the maps of files 3 and 0
+    reader.read(np.arange(9))
+    real, calls = read_lib.os.lseek, []
+    monkeypatch.setattr(read_lib.os, "lseek", lambda *a: calls.append(a) or real(*a))
+    np.testing.assert_array_equal(reader.read(np.arange(10, 22), consecutive=True),
+                                  whole[10:22])
+    np.testing.assert_array_equal(reader.read_run(0, 9), whole[:9])  # another file
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("kept", [True, False])
 def test_read_run_reads_as_it_read_last(rows, count_preadv, monkeypatch, kept):
     index, whole = rows  # files of 9, 1, 0 and 12 rows
