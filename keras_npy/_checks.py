@@ -23,6 +23,13 @@ def check_bool(name: str, value) -> None:
         raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
 
 
+def check_shuffle(shuffle) -> None:
+    if not (isinstance(shuffle, (bool, np.bool_)) or (isinstance(shuffle, str)
+                                                      and shuffle == "block")):
+        raise TypeError('`shuffle` must be True, False or "block". '
+                        f"Received: shuffle={shuffle!r}")
+
+
 def check_seed(seed) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(
             seed, numbers.Integral) or seed < 0):
@@ -85,3 +92,22 @@ def check_workers(workers, use_multiprocessing, max_queue_size) -> None:
             max_queue_size < 1):
         raise ValueError("`max_queue_size` must be a positive integer. "
                          f"Received: max_queue_size={max_queue_size!r}")
+
+
+def check_block_shuffle(shuffle, block_size, window) -> None:
+    for name, value in (("shuffle_block_size", block_size), ("shuffle_window", window)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"`{name}` must be None or a positive integer. "
+                             f"Received: {name}={value!r}")
+        if not (isinstance(shuffle, str) and shuffle == "block"):
+            raise ValueError(f'`{name}` sets up the block shuffle; pass shuffle="block" with '
+                             f"it. Received: shuffle={shuffle!r}, {name}={value!r}")
+
+
+def check_read_ahead_bytes(read_ahead_bytes) -> None:
+    if isinstance(read_ahead_bytes, bool) or not isinstance(
+            read_ahead_bytes, numbers.Integral) or read_ahead_bytes < 0:
+        raise ValueError("`read_ahead_bytes` must be a non-negative integer. "
+                         f"Received: read_ahead_bytes={read_ahead_bytes!r}")

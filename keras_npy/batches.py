@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_npy import order as order_lib
+from keras_npy import _checks, order as order_lib
 from keras_npy.index import DatasetIndex, build_index
-from keras_npy.read import BatchReader, Padding, check_padding
+from keras_npy.read import BatchReader, Padding, ReadAhead, check_padding
+
+
+#: Bytes read ahead of the batch being read (see `keras_npy.read.prefetch`).
+READ_AHEAD_BYTES = 64 * 2**20
+#: With `shuffle="block"`: a block's bytes, for the rows layout (at least one
+#: row), and its files, for the files layout; blocks mixed in a window.
+BLOCK_BYTES = 2**20
+BLOCK_FILES = 64
+SHUFFLE_WINDOW = 32
 
 
 def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=32,
@@ -21,12 +30,16 @@ def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=
                        subset=None, pad_to=None, pad_to_multiple_of=None, padding="post",
                        truncating="post", pad_value=0, bucket_boundaries=None,
                        drop_remainder=False, dtype=None, num_shards=1, shard_index=0,
+                       shuffle_block_size=None, shuffle_window=None,
+                       read_ahead_bytes=READ_AHEAD_BYTES,
                        follow_links=False, verbose=True) -> "BatchSource":
     """Validates the arguments (see `NpyDataset`), indexes the data from its
     headers (unless `index`, a `DatasetIndex` built with the same arguments, is
     given), and returns the `BatchSource` of its batches."""
     order_lib.check_order_arguments(batch_size, shuffle, seed, validation_split, subset,
                                     num_shards, shard_index, drop_remainder, bucket_boundaries)
+    _checks.check_block_shuffle(shuffle, shuffle_block_size, shuffle_window)
+    _checks.check_read_ahead_bytes(read_ahead_bytes)
     check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
     if index is None:
         index = build_index(x, y, layout=layout, class_names=class_names,
@@ -40,8 +53,11 @@ def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=
         validation_split=validation_split, subset=subset, num_shards=num_shards,
         shard_index=shard_index, drop_remainder=drop_remainder,
         lengths=_bucket_lengths(index, bucket_boundaries),
-        bucket_boundaries=bucket_boundaries)
-    return BatchSource(index, readers, Labels(index, label_mode, padding_spec), order, seed)
+        bucket_boundaries=bucket_boundaries,
+        block_size=shuffle_block_size or _default_block_size(index),
+        window=shuffle_window or SHUFFLE_WINDOW)
+    return BatchSource(index, readers, Labels(index, label_mode, padding_spec), order, seed,
+                       read_ahead_bytes)
 
 
 class BatchSource:
@@ -54,24 +70,18 @@ class BatchSource:
         labels: the `Labels` of the batches.
         order: the `Order` of the samples.
         seed: the seed of the order (drawn when the user gave none).
+        read_ahead: the `ReadAhead` window of this process.
     """
 
     def __init__(self, index: DatasetIndex, readers: dict, labels: "Labels",
-                 order: order_lib.Order, seed: int):
+                 order: order_lib.Order, seed: int, read_ahead_bytes: int = READ_AHEAD_BYTES):
         self.index, self.readers, self.labels = index, readers, labels
         self.order, self.seed = order, seed
         self.multi_input = isinstance(index.x, dict)
-        # One input of rows read as stored ...
-        only = next(iter(readers.values()))
-        self._plain_rows = only if not self.multi_input and only.plain_rows else None
-        # ... and when every batch is the next run of sample ids, batch `i` is
-        # rows `first + i * batch_size` on: no plan to look up.
-        self._first_id = int(order.sample_ids[0]) if (
-            self._plain_rows is not None and order.consecutive and order.num_samples) else None
-        # ... read by `_read_run` when labels come from memory too (with the
-        # numbers it needs as plain attributes: it is most of such an epoch's Python).
-        self._runs = self._first_id is not None and labels.in_memory
-        self._batch_size, self._num_samples = order.batch_size, order.num_samples
+        self.read_ahead = ReadAhead(read_ahead_bytes)
+        self._all_readers = [*readers.values(), *([labels.reader] if labels.reader else [])]
+        self._single = None if self.multi_input else readers["x"]
+        self._blocks = order.shuffle == "block"
 
     def file_paths(self) -> list[str]:
         """The files in unshuffled order: one per sample of this subset and
@@ -82,38 +92,49 @@ class BatchSource:
             return list(first.paths)
         return [first.paths[int(i)] for i in self.order.sample_ids]
 
-    def batch(self, epoch: int, i: int, view: bool = False):
-        """Batch `i` of `epoch`: `x`, `(x, y)` or `(dict of x, y)`. With
-        `view`, unconverted consecutive rows may be read-only views of memory
-        maps (see `BatchReader.read`)."""
-        return self.batches(epoch, i, 1, view)
+    def batch(self, epoch: int, i: int):
+        """Batch `i` of `epoch`: `x`, `(x, y)` or `(dict of x, y)`."""
+        return self.batches(epoch, i, 1)
 
-    def batches(self, epoch: int, first: int, count: int, view: bool = False):
+    def batches(self, epoch: int, first: int, count: int):
         """Batches `first` to `first + count - 1` of `epoch` read as one, their
         samples one after the other: what stacking them would give, when every
-        sample of them has one shape (no `"longest"` padding)."""
-        if self._runs:
-            return self._read_run(first, count, view)
-        return self._read_ids(self.order.batches(epoch, first, count), view)
+        sample of them has one shape (no `"longest"` padding). Reads the
+        batches after them ahead while they are asked for in order."""
+        covered = self.advise_ahead(epoch, first, count)
+        return self.read(epoch, first, count, advise=not covered)
 
-    def _read_run(self, first: int, count: int, view: bool):
-        """Batches `first` to `first + count - 1` of consecutive plain rows."""
-        start = first * self._batch_size
-        size = min(count * self._batch_size, self._num_samples - start)
-        x = self._plain_rows.read_run(self._first_id + start, size, view)
-        if x is None:  # rows across two files
-            x = self._plain_rows.read(np.arange(start, start + size) + self._first_id, True,
-                                      view)
-        if self.labels.values is None:
+    def advise_ahead(self, epoch: int, first: int, count: int) -> bool:
+        """Moves the read-ahead window past batches `first` to `first + count
+        - 1` (being read, here or by a worker) and fills it; returns whether
+        they were in it already."""
+        return self.read_ahead.after(epoch, first, count, self.order.num_batches,
+                                     self._ahead_ids, self._all_readers)
+
+    def read(self, epoch: int, first: int, count: int, advise: bool = True):
+        """Batches `first` to `first + count - 1` of `epoch`, without moving the
+        read-ahead window. With `advise`, their reads are started together
+        first when their bytes are not in the page cache."""
+        ids = self.order.batches(epoch, first, count)
+        if advise and self._blocks:
+            window = self.order.window_ids(epoch, first)
+            if window is not None:  # a block shuffle: its window's blocks, whole
+                for reader in self._all_readers:
+                    reader.prefetch(window)
+                advise = False
+        if self._single is not None:
+            x = self._single.read(ids, advise)
+        else:
+            x = {name: reader.read(ids, advise) for name, reader in self.readers.items()}
+        if self.labels.none:
             return x
-        return x, self.labels.read_run(self._first_id + start, size)
+        return x, self.labels.read(ids, advise)
 
-    def _read_ids(self, ids: np.ndarray, view: bool):
-        consecutive = self.order.consecutive
-        x = {name: reader.read(ids, consecutive, view) for name, reader in self.readers.items()}
-        x = x if self.multi_input else x["x"]
-        y = self.labels.read(ids, consecutive, view)
-        return x if y is None else (x, y)
+    def _ahead_ids(self, epoch: int, i: int):
+        """What reading batch `i` ahead reads: its samples, or with the block
+        shuffle the blocks of the windows that start in it."""
+        window = self.order.window_ids(epoch, i, new_only=True)
+        return self.order.batch(epoch, i) if window is None else window
 
 
 class Labels:
@@ -123,7 +144,9 @@ class Labels:
     def __init__(self, index: DatasetIndex, label_mode, padding: Padding):
         self.label_mode, self.values, self.reader = label_mode, None, None
         self.num_classes = None if index.class_names is None else len(index.class_names)
-        if index.y is None or label_mode is None:
+        #: Whether batches have no labels.
+        self.none = index.y is None or label_mode is None
+        if self.none:
             return
         if isinstance(index.y, np.ndarray):
             self.values = index.y
@@ -160,17 +183,14 @@ class Labels:
         """Whether labels come from memory (or there are none), not from files."""
         return self.reader is None
 
-    def read_run(self, first: int, count: int):
-        """The labels of samples `first` to `first + count - 1` (`in_memory` only)."""
-        if self.values is None:
-            return None
-        return self._convert(self.values[first:first + count].copy())
-
-    def read(self, ids: np.ndarray, consecutive: bool = False, view: bool = False):
+    def read(self, ids, advise: bool = False):
+        """The labels of samples `ids` (an `int64` array or a `range`)."""
         if self.reader is not None:
-            return self.reader.read(ids, consecutive, view)
+            return self.reader.read(ids, advise)
         if self.values is None:
             return None
+        if isinstance(ids, range):  # a copy: a batch's labels are its own
+            return self._convert(self.values[ids.start:ids.stop].copy())
         return self._convert(self.values[ids])
 
     def _convert(self, labels: np.ndarray) -> np.ndarray:
@@ -179,6 +199,15 @@ class Labels:
         if self.label_mode == "binary":
             return labels.astype("float32").reshape(-1, 1)
         return labels
+
+
+def _default_block_size(index: DatasetIndex) -> int:
+    """Samples per block of the block shuffle: `BLOCK_BYTES` of rows of the
+    first input (at least one), or `BLOCK_FILES` files."""
+    first = next(iter(index.inputs.values()))
+    if first.layout == "files":
+        return BLOCK_FILES
+    return max(1, BLOCK_BYTES // max(1, first.row_nbytes))
 
 
 def _bucket_lengths(index: DatasetIndex, bucket_boundaries) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from keras_npy import _checks
 from keras_npy.batches import build_batch_source
 from keras_npy.fit_adapter import FitAdapter
 from keras_npy.statistics import sample_statistics
-from keras_npy.workers import ReadAhead
+from keras_npy.workers import BatchWorkers
 
 
 class NpyDataset(keras.utils.PyDataset, FitAdapter):
@@ -35,9 +35,11 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
             files, concatenated, are the samples) or `"auto"`: rows for a
             single file path, files otherwise. Defaults to `"auto"`.
         batch_size: samples per batch. Defaults to `32`.
-        shuffle: whether every epoch draws a new global permutation of the
-            samples from `(seed, epoch)`. Defaults to `False`. (`fit`'s own
-            `shuffle` only reorders whole batches.)
+        shuffle: `True` for a new global permutation of the samples every
+            epoch, drawn from `(seed, epoch)`; `"block"` for the block shuffle,
+            for data far larger than memory (see `shuffle_block_size`); or
+            `False`. Defaults to `False`. (`fit`'s own `shuffle` only reorders
+            whole batches.)
         seed: seed of the shuffle and of the validation split; drawn at
             random when `None`. Defaults to `None`.
         label_mode: for class labels (`"inferred"` or an array): `"int"`,
@@ -67,6 +69,19 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
             dropped. Defaults to `False`.
         dtype: the dtype of the batches; `None` for data as stored (in native
             byte order). Defaults to `None`.
+        shuffle_block_size: with `shuffle="block"`, the samples of a block:
+            blocks of consecutive samples (rows in file order, files in name
+            order) are permuted, and the samples of each window of
+            `shuffle_window` blocks are shuffled together, so that each block
+            is read as one stretch of the disk. Defaults to `None`: 1 MiB of
+            rows (at least one row), or 64 files.
+        shuffle_window: with `shuffle="block"`, the blocks whose samples are
+            shuffled together. Defaults to `None`: 32.
+        read_ahead_bytes: how many bytes of the batches that come next the
+            kernel is asked to read into the page cache ahead of the batch
+            being read, while batches are asked for in order (`0`: only the
+            reads of the batch being read are started together). Defaults to
+            `64 * 2**20`.
         num_shards: the number of shards the samples are dealt to. Defaults
             to `1`.
         shard_index: the shard this dataset reads. Defaults to `0`.
@@ -81,8 +96,10 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         max_queue_size: how many batches are read ahead. Defaults to `10`.
 
     NpyDataset reads ahead itself rather than through Keras' enqueuer, so
-    `ds.workers` reads `1` and `ds.use_multiprocessing` `False` to Keras;
-    `ds.read_ahead` holds the workers. Reading ahead guesses that batches are
+    `ds.workers` reads `1` and `ds.use_multiprocessing` `False` to Keras.
+    Worker processes are started with `forkserver` (or `spawn`), never by
+    forking the training process: guard the script with
+    `if __name__ == "__main__":`. Reading ahead guesses that batches are
     asked for in order: shuffle with `shuffle=True` here and call
     `fit(..., shuffle=False)`; `fit`'s own shuffle only reorders whole batches.
 
@@ -113,7 +130,8 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
                  label_mode="int", class_names=None, validation_split=None, subset=None,
                  pad_to=None, pad_to_multiple_of=None, padding="post", truncating="post",
                  pad_value=0, bucket_boundaries=None, drop_remainder=False, dtype=None,
-                 num_shards=1, shard_index=0, follow_links=False, verbose=True,
+                 num_shards=1, shard_index=0, shuffle_block_size=None, shuffle_window=None,
+                 read_ahead_bytes=64 * 2**20, follow_links=False, verbose=True,
                  workers=1, use_multiprocessing=False, max_queue_size=10):
         _checks.check_workers(workers, use_multiprocessing, max_queue_size)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
@@ -124,12 +142,13 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
             subset=subset, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
             padding=padding, truncating=truncating, pad_value=pad_value,
             bucket_boundaries=bucket_boundaries, drop_remainder=drop_remainder, dtype=dtype,
-            num_shards=num_shards, shard_index=shard_index, follow_links=follow_links,
-            verbose=verbose)
+            num_shards=num_shards, shard_index=shard_index,
+            shuffle_block_size=shuffle_block_size, shuffle_window=shuffle_window,
+            read_ahead_bytes=read_ahead_bytes, follow_links=follow_links, verbose=verbose)
         self.index, self.seed, self.label_mode = self._source.index, self._source.seed, label_mode
         parallel = workers > 1 or (workers > 0 and use_multiprocessing)
-        self.read_ahead = ReadAhead(self._source, workers, use_multiprocessing,
-                                    max_queue_size) if parallel else None
+        self._batch_workers = BatchWorkers(self._source, workers, use_multiprocessing,
+                                           max_queue_size) if parallel else None
         self.epoch = 0
         if not self._has_own_pipeline():
             _warn_if_shapes_vary_on_tensorflow(self._source.readers, stacklevel=3)
@@ -137,7 +156,7 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
     @property
     def workers(self) -> int:
         """What Keras sees: 1. NpyDataset reads ahead itself, with the `workers`
-        it was given (see `read_ahead`), so that Keras' enqueuer, which can
+        it was given, so that Keras' enqueuer, which can
         serve a cut-short epoch's batches in the next one, is never used."""
         return 1
 
@@ -175,6 +194,9 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         return self._source.order.num_batches
 
     def __getitem__(self, i):
+        if type(i) is int and 0 <= i < self._source.order.num_batches and (
+                self._batch_workers is None):  # the common case, checked at once
+            return self._source.batches(self.epoch, i, 1)
         if type(i) is not int and (isinstance(i, (bool, np.bool_)) or not isinstance(
                 i, (int, np.integer))):
             raise TypeError(f"Batch index must be an integer. Received: {i!r}")
@@ -183,9 +205,9 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
             raise IndexError(f"Batch index {i} is out of range for a dataset of {num_batches} "
                              "batches.")
         i = int(i) % num_batches
-        if self.read_ahead is None:
+        if self._batch_workers is None:
             return self._source.batches(self.epoch, i, 1)
-        return self.read_ahead.get(self.epoch, i, len(self))
+        return self._batch_workers.get(self.epoch, i, len(self))
 
     def to_tf_dataset(self):
         """The same batches as a `tf.data.Dataset`: what `keras_npy.npy_dataset`
@@ -203,7 +225,7 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         own pipeline: Keras as expected, no read-ahead workers, and the batches
         of this class, not a subclass's."""
         cls = type(self)
-        return FitAdapter.supported and self.read_ahead is None and all(
+        return FitAdapter.supported and self._batch_workers is None and all(
             getattr(cls, name) is getattr(NpyDataset, name) for name in ("__getitem__", "__len__"))
 
     def _pipeline_for_fit(self, shuffle: bool, class_weight):

@@ -46,6 +46,7 @@ import math
 import os
 import re
 import struct
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -82,6 +83,12 @@ class NpyHeader(NamedTuple):
         shape: the array's shape, a tuple of non-negative ints.
         fortran_order: whether the data is in Fortran (column-major) order.
         data_offset: the byte offset at which the data starts.
+        file_id: `(device, inode, size, modification time in ns)` of the file
+            when the header was read: readers check that the file they open
+            is still this one.
+        header_crc32: the CRC-32 of the bytes before the data (magic string
+            to the header's last byte): readers of per-sample files check
+            that the header they read with the data is still this one.
     """
 
     path: str
@@ -90,6 +97,8 @@ class NpyHeader(NamedTuple):
     shape: tuple[int, ...]
     fortran_order: bool
     data_offset: int
+    file_id: tuple[int, int, int, int] = (0, 0, 0, 0)
+    header_crc32: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -126,7 +135,8 @@ def read_header(path: str | os.PathLike) -> NpyHeader:
     except OSError as e:
         raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
     try:
-        file_size = os.lseek(fd, 0, os.SEEK_END)  # cheaper than fstat
+        stat = os.fstat(fd)
+        file_size = stat.st_size
         head = os.pread(fd, _FIRST_READ, 0)
         version, header_len, header_start = _parse_preamble(path, head)
         end = header_start + header_len
@@ -141,7 +151,9 @@ def read_header(path: str | os.PathLike) -> NpyHeader:
                          f"of {file_size} bytes; the file is truncated.")
     text = _decode(path, head[header_start:end], _PREAMBLE[version[0]][1])
     dtype, fortran_order, shape = _parse_header(path, text)
-    header = NpyHeader(path, version, dtype, shape, fortran_order, end)
+    header = NpyHeader(path, version, dtype, shape, fortran_order, end,
+                       (stat.st_dev, stat.st_ino, file_size, stat.st_mtime_ns),
+                       zlib.crc32(memoryview(head)[:end]))
     _check_file_size(header, file_size)
     return header
 

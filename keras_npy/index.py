@@ -53,14 +53,19 @@ class FileIndex:
         shapes: `int64` array of shape `(num_samples, sample_ndim)`.
         data_offsets: `uint32` array, where each file's data starts.
         fortran_order: `bool` array, whether each file is in Fortran order.
+        header_crc32: `uint32` array, the checksum of each file's header
+            bytes (readers check it: a file replaced by another array is an
+            error, not garbage).
     """
 
     layout = "files"
 
     def __init__(self, paths: sources.PathTable, dtype: np.dtype, shapes: np.ndarray,
-                 data_offsets: np.ndarray, fortran_order: np.ndarray):
+                 data_offsets: np.ndarray, fortran_order: np.ndarray,
+                 header_crc32: np.ndarray):
         self.paths, self.dtype, self.shapes = paths, dtype, shapes
         self.data_offsets, self.fortran_order = data_offsets, fortran_order
+        self.header_crc32 = header_crc32
 
     @classmethod
     def from_headers(cls, paths: sources.PathTable,
@@ -68,6 +73,7 @@ class FileIndex:
         """Builds the index from the headers of `paths`, in order, checking that
         every file has the dtype and number of dimensions of the first."""
         shapes, offsets, fortran = array.array("q"), array.array("I"), bytearray()
+        crcs = array.array("I")
         first = None
         for header in headers:
             first = first or header
@@ -79,11 +85,13 @@ class FileIndex:
             shapes.extend(header.shape)
             offsets.append(header.data_offset)
             fortran.append(header.fortran_order)
+            crcs.append(header.header_crc32)
         ndim = len(first.shape)
         return cls(paths, first.dtype,
                    np.frombuffer(shapes, np.int64).reshape(len(paths), ndim).copy(),
                    np.frombuffer(offsets, np.uint32).copy(),
-                   np.frombuffer(bytes(fortran), np.bool_))
+                   np.frombuffer(bytes(fortran), np.bool_),
+                   np.frombuffer(crcs, np.uint32).copy())
 
     @property
     def num_samples(self) -> int:
@@ -114,7 +122,7 @@ class FileIndex:
     def nbytes(self) -> int:
         """Memory held by the index's arrays, in bytes."""
         return (self.paths.nbytes + self.shapes.nbytes + self.data_offsets.nbytes
-                + self.fortran_order.nbytes)
+                + self.fortran_order.nbytes + self.header_crc32.nbytes)
 
     def __repr__(self) -> str:
         return (f"FileIndex({self.num_samples} samples of shape {self.sample_shape} "
@@ -133,16 +141,20 @@ class RowIndex:
         row_starts: `int64` array of `num_files + 1`: file `f` holds samples
             `row_starts[f]` to `row_starts[f + 1] - 1`.
         fortran_order: `bool` array, whether each file is in Fortran order.
+        file_ids: `int64` array of shape `(num_files, 4)`: each file's device,
+            inode, size and modification time (ns) when indexed (readers
+            check them when they open a file).
         row_nbytes: the bytes of one row.
     """
 
     layout = "rows"
 
     def __init__(self, paths: sources.PathTable, dtype: np.dtype, row_shape: tuple[int, ...],
-                 data_offsets: np.ndarray, row_starts: np.ndarray, fortran_order: np.ndarray):
+                 data_offsets: np.ndarray, row_starts: np.ndarray, fortran_order: np.ndarray,
+                 file_ids: np.ndarray):
         self.paths, self.dtype, self.row_shape = paths, dtype, row_shape
         self.data_offsets, self.row_starts = data_offsets, row_starts
-        self.fortran_order = fortran_order
+        self.fortran_order, self.file_ids = fortran_order, file_ids
         self.row_nbytes = math.prod(row_shape) * dtype.itemsize
 
     @classmethod
@@ -165,7 +177,8 @@ class RowIndex:
         return cls(paths, first.dtype, first.shape[1:],
                    np.array([h.data_offset for h in headers], np.int64),
                    np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]),
-                   np.array([h.fortran_order for h in headers], np.bool_))
+                   np.array([h.fortran_order for h in headers], np.bool_),
+                   np.array([h.file_id for h in headers], np.int64).reshape(-1, 4))
 
     @property
     def num_samples(self) -> int:
@@ -201,7 +214,7 @@ class RowIndex:
     def nbytes(self) -> int:
         """Memory held by the index's arrays, in bytes."""
         return (self.paths.nbytes + self.data_offsets.nbytes + self.row_starts.nbytes
-                + self.fortran_order.nbytes)
+                + self.fortran_order.nbytes + self.file_ids.nbytes)
 
     def __repr__(self) -> str:
         files = len(self.paths)

@@ -10,7 +10,13 @@ The order is a pure function of the arguments and `(seed, epoch)`:
 2. **shard**: the selected samples are dealt round-robin to `num_shards`
    shards; shard `shard_index` keeps its own.
 3. **shuffle**: each epoch permutes the shard's samples globally with
-   `np.random.default_rng((seed, epoch))`, not batch by batch.
+   `np.random.default_rng((seed, epoch))`, not batch by batch. The block
+   shuffle (`shuffle="block"`), for data far larger than memory, cuts the
+   shard's samples (in index order: rows in file order, files in name order)
+   into blocks of `block_size` consecutive samples, permutes the blocks, and
+   permutes the samples within each window of `window` consecutive blocks of
+   that order: still every sample once per epoch, and each window is read as
+   `window` long stretches of the disk instead of one short read per sample.
 4. **buckets**: with `bucket_boundaries`, samples are grouped by the length
    of their first axis; each bucket is cut into batches, and with `shuffle`
    the batches of all buckets are interleaved in a random order.
@@ -36,7 +42,8 @@ class Order:
     Args:
         num_samples: the number of samples in the index.
         batch_size: samples per batch.
-        shuffle: whether each epoch draws a new global permutation.
+        shuffle: `False`; `True`, for a new global permutation every epoch; or
+            `"block"`, for the block shuffle.
         seed: the seed of the split and of every epoch's permutation.
         validation_split: fraction of samples held out for validation, or
             `None`.
@@ -50,16 +57,20 @@ class Order:
             with `bucket_boundaries`.
         bucket_boundaries: increasing lengths; bucket `k` holds samples with
             `boundaries[k-1] <= length < boundaries[k]`.
+        block_size: with `shuffle="block"`, the samples of a block.
+        window: with `shuffle="block"`, the blocks whose samples are shuffled
+            together.
     """
 
     def __init__(self, num_samples: int, *, batch_size: int, shuffle: bool, seed: int,
                  validation_split: float | None = None, subset: str | None = None,
                  num_shards: int = 1, shard_index: int = 0, drop_remainder: bool = False,
                  lengths: np.ndarray | None = None,
-                 bucket_boundaries: list[int] | None = None):
+                 bucket_boundaries: list[int] | None = None, block_size: int = 1,
+                 window: int = 1):
         self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_remainder = drop_remainder
+        self.drop_remainder, self.block_size, self.window = drop_remainder, block_size, window
         self.sample_ids = select_samples(num_samples, validation_split, subset, shuffle, seed,
                                          num_shards, shard_index)
         self.buckets = None  # the bucket of each selected sample
@@ -71,8 +82,11 @@ class Order:
         #: no buckets, a contiguous selection), which readers need not check.
         self.consecutive = bool(not shuffle and self.buckets is None and (
             len(ids) == 0 or ids[-1] - ids[0] == len(ids) - 1))
+        self._base = int(ids[0]) if len(ids) else 0
+        self._stop = len(ids) - len(ids) % batch_size if drop_remainder else len(ids)
+        self._blocks = shuffle == "block" and self.buckets is None
         self._lock = threading.Lock()
-        self._cached = None  # (epoch, ordered sample ids, batch starts)
+        self._cached = None  # (epoch, ordered sample ids, batch starts, windows)
         self.num_batches = len(self._plan(0)[1]) - 1
 
     @property
@@ -84,31 +98,60 @@ class Order:
         """The sample ids of batch `i` of `epoch`, in batch order."""
         return self.batches(epoch, i, 1)
 
-    def batches(self, epoch: int, first: int, count: int) -> np.ndarray:
+    def batches(self, epoch: int, first: int, count: int):
         """The sample ids of batches `first` to `first + count - 1` of `epoch`,
-        one batch after the other."""
-        ids, starts = self._plan(epoch)
+        one batch after the other: an `int64` array, or a `range` when the
+        order is `consecutive`."""
+        if self.consecutive:  # every epoch alike: no plan to look up
+            start = first * self.batch_size
+            return range(self._base + start,
+                         self._base + min(start + count * self.batch_size, self._stop))
+        ids, starts, _ = self._plan(epoch)
         return ids[starts[first]:starts[first + count]]
 
-    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def window_ids(self, epoch: int, i: int, new_only: bool = False) -> np.ndarray | None:
+        """With the block shuffle, the sample ids of the windows that batch `i`
+        draws from (`new_only`: that start in it), sorted: what reading it
+        ahead means (whole blocks, each one stretch of the disk); `None` for
+        the other orders."""
+        if not self._blocks:
+            return None
+        _, starts, windows = self._plan(epoch)
+        bounds, blocks = windows
+        if starts[i + 1] == starts[i]:
+            return self.sample_ids[:0]
+        first = np.searchsorted(bounds, starts[i], side="right") - 1
+        last = np.searchsorted(bounds, starts[i + 1] - 1, side="right") - 1
+        if new_only and bounds[first] < starts[i]:
+            first += 1  # began in an earlier batch
+        if first > last:
+            return self.sample_ids[:0]
+        chosen = np.sort(np.concatenate(blocks[first:last + 1]))
+        return self.sample_ids[_block_positions(chosen, self.block_size, self.num_samples)]
+
+    def _plan(self, epoch: int):
         with self._lock:
             if self._cached is None or self._cached[0] != epoch:
                 self._cached = (epoch, *self._make_plan(epoch))
             return self._cached[1:]
 
-    def _make_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _make_plan(self, epoch: int):
         rng = np.random.default_rng((self.seed, epoch))
-        positions = np.arange(len(self.sample_ids))
-        if self.shuffle:
+        positions, windows = np.arange(len(self.sample_ids)), None
+        if self.shuffle == "block":
+            positions, windows = block_shuffle(len(positions), self.block_size, self.window, rng)
+        elif self.shuffle:
             positions = rng.permutation(positions)
         groups = [positions] if self.buckets is None else [
             positions[self.buckets[positions] == b] for b in np.unique(self.buckets)]
         batches = [chunk for group in groups for chunk in self._cut(group)]
         if self.shuffle and self.buckets is not None:
             batches = [batches[k] for k in rng.permutation(len(batches))]
+            windows = None  # batches of a bucket come from anywhere
         sizes = [len(b) for b in batches]
         ordered = np.concatenate(batches) if batches else positions[:0]
-        return self.sample_ids[ordered], np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        return self.sample_ids[ordered], starts, windows
 
     def _cut(self, group: np.ndarray) -> list[np.ndarray]:
         stop = len(group) - len(group) % self.batch_size if self.drop_remainder else len(group)
@@ -119,6 +162,34 @@ class Order:
 
     def __setstate__(self, arguments):
         self.__init__(**arguments)
+
+
+def block_shuffle(n: int, block_size: int, window: int, rng) -> tuple[np.ndarray, tuple]:
+    """A permutation of `range(n)` that permutes blocks of `block_size`
+    consecutive positions, then the positions within each window of `window`
+    blocks of that order. Returns it and `(window bounds, blocks of each
+    window)`: window `w` holds positions `bounds[w]` to `bounds[w + 1] - 1` of
+    the permutation, drawn from the blocks `blocks[w]`."""
+    num_blocks = -(-n // block_size)
+    blocks = rng.permutation(num_blocks)
+    chunks, bounds, windows = [], [0], []
+    for w in range(0, num_blocks, window):
+        chosen = blocks[w:w + window]
+        positions = _block_positions(chosen, block_size, n)
+        chunks.append(rng.permutation(positions))
+        bounds.append(bounds[-1] + len(positions))
+        windows.append(chosen)
+    permutation = np.concatenate(chunks) if chunks else np.arange(0)
+    return permutation, (np.array(bounds, np.int64), windows)
+
+
+def _block_positions(blocks: np.ndarray, block_size: int, n: int) -> np.ndarray:
+    """The positions of `blocks` (each `block_size` long, the last one cut at
+    `n`), block after block."""
+    starts = blocks.astype(np.int64) * block_size
+    lengths = np.minimum(block_size, n - starts)
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + offsets
 
 
 def select_samples(num_samples: int, validation_split: float | None, subset: str | None,
@@ -139,7 +210,7 @@ def check_order_arguments(batch_size, shuffle, seed, validation_split, subset, n
                           allow_both: bool = False) -> None:
     """Checks the ordering arguments; the messages are Keras' where Keras has one."""
     _checks.check_batch_size(batch_size)
-    _checks.check_bool("shuffle", shuffle)
+    _checks.check_shuffle(shuffle)
     _checks.check_bool("drop_remainder", drop_remainder)
     _checks.check_seed(seed)
     _checks.check_validation_split(validation_split, subset, shuffle, seed, allow_both)

@@ -142,9 +142,9 @@ def source_to_tf_dataset(source: BatchSource, epoch=None):
     units = _Units(source, flat_specs)
     flatten = _flattener(specs)
 
-    def read(epoch, unit):  # memory-map views suffice: a tensor copies or holds them
+    def read(epoch, unit):  # batch arrays of our own: a tensor may keep them
         first, count = units.batches(int(unit))
-        flat = flatten(source.batches(int(epoch), first, count, view=True))
+        flat = flatten(source.batches(int(epoch), first, count))
         return [a.reshape(count, -1, *a.shape[1:]) for a in flat] if units.stacked else flat
 
     def to_element(epoch, unit):

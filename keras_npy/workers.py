@@ -1,4 +1,4 @@
-"""Reading batches ahead of use, in worker threads or processes, in order.
+"""Reading whole batches ahead of use, in worker threads or processes, in order.
 
 `NpyDataset` does this itself instead of handing `workers` to Keras'
 enqueuer, because that enqueuer keeps the batches it had prepared when an
@@ -8,15 +8,30 @@ indices restart at 0: samples are then seen twice or not at all, depending on
 timing. Here every request names its `(epoch, i)`; work for another epoch is
 dropped, so what `ds[i]` returns never depends on timing.
 
-Processes receive the batch source once, when they start (paths and compact
-arrays, a few kilobytes), and stay up across epochs; each opens its own files.
+Worker processes are started with `forkserver` where the platform has it
+(else `spawn`), never by forking the training process: JAX, PyTorch and
+TensorFlow run threads that a fork would copy in the middle of their work
+(JAX warns that this "will likely lead to a deadlock"). As with any
+multiprocessing start method but `fork`, a script that uses
+`use_multiprocessing=True` must guard its entry point with
+`if __name__ == "__main__":`. Processes receive the batch source once, when
+they start (paths and compact arrays), stay up across epochs, and open their
+own files. The page cache is shared, so the process that asks for batches
+also reads ahead for the workers (`BatchSource.advise_ahead`).
+
+A pool belongs to the process that started it: in a forked child, the first
+request starts a pool of the child's own (the parent's threads do not exist
+there). A worker process that dies breaks its pool: the request fails with
+`BrokenProcessPool`, and the next request starts a new pool.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 # The batch source of a worker process, installed once by the pool's initializer
 # (the pattern of Keras' own worker pools); never set in the main process.
@@ -29,14 +44,20 @@ def _install(source) -> None:
 
 
 def _read_in_worker(epoch: int, i: int):
-    return _WORKER_SOURCE.batch(epoch, i)
+    return _WORKER_SOURCE.read(epoch, i, 1)
 
 
-class ReadAhead:
+def start_method() -> str:
+    """The start method of worker processes: `forkserver`, else `spawn`."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class BatchWorkers:
     """Computes batch `(epoch, i)` and the `depth` batches after it ahead of use.
 
     Args:
-        source: an object with `batch(epoch, i)`, picklable for processes.
+        source: a `BatchSource`, picklable for processes.
         workers: worker threads or processes.
         use_multiprocessing: whether workers are processes.
         depth: how many batches to prepare ahead of the one asked for.
@@ -45,12 +66,13 @@ class ReadAhead:
     def __init__(self, source, workers: int, use_multiprocessing: bool, depth: int):
         self.source, self.workers = source, workers
         self.use_multiprocessing, self.depth = use_multiprocessing, depth
-        self._executor = None
+        self._executor, self._pid = None, os.getpid()
         self._pending: dict[tuple[int, int], Future] = {}
         self._lock = threading.Lock()
 
     def get(self, epoch: int, i: int, num_batches: int):
         """Batch `i` of `epoch`; schedules the next `depth` batches."""
+        self._own_process()
         with self._lock:
             future = self._pending.pop((epoch, i), None) or self._submit(epoch, i)
             wanted = {(epoch, j) for j in range(i + 1, min(i + 1 + self.depth, num_batches))}
@@ -59,7 +81,14 @@ class ReadAhead:
                     self._pending.pop(key).cancel()
             for key in sorted(wanted - self._pending.keys()):
                 self._pending[key] = self._submit(*key)
-        return future.result()
+        self.source.advise_ahead(epoch, i, 1)
+        try:
+            return future.result()
+        except BrokenProcessPool as e:
+            self.close()
+            raise BrokenProcessPool(
+                f"A worker process died while reading batch {i} of epoch {epoch} ({e}). The "
+                "next batch asked for starts new worker processes.") from e
 
     def close(self) -> None:
         """Stops the workers; a later `get` starts new ones."""
@@ -71,24 +100,34 @@ class ReadAhead:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
 
+    def _own_process(self) -> None:
+        """In a forked child, forgets the parent's pool: its threads and
+        processes belong to the parent."""
+        if self._pid != os.getpid():
+            self._pid, self._executor, self._pending = os.getpid(), None, {}
+            self._lock = threading.Lock()
+
     def _submit(self, epoch: int, i: int) -> Future:
         if self._executor is None:
             self._executor = self._start()
         if self.use_multiprocessing:
             return self._executor.submit(_read_in_worker, epoch, i)
-        return self._executor.submit(self.source.batch, epoch, i)
+        return self._executor.submit(self.source.read, epoch, i, 1)
 
     def _start(self):
         if not self.use_multiprocessing:
             return ThreadPoolExecutor(self.workers, thread_name_prefix="keras_npy")
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(),
+        return ProcessPoolExecutor(self.workers,
+                                   mp_context=multiprocessing.get_context(start_method()),
                                    initializer=_install, initargs=(self.source,))
 
     def __reduce__(self):  # a copy starts its own workers, lazily
-        return (ReadAhead, (self.source, self.workers, self.use_multiprocessing, self.depth))
+        return (BatchWorkers, (self.source, self.workers, self.use_multiprocessing,
+                               self.depth))
 
     def __del__(self):
         try:
-            self.close()
+            if self._pid == os.getpid():
+                self.close()
         except Exception:  # interpreter shutdown: nothing left to stop
             pass

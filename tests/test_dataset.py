@@ -306,7 +306,7 @@ def test_read_ahead_never_serves_another_epochs_batches(rows_file, use_multiproc
     ds = NpyDataset(path, workers=2, use_multiprocessing=use_multiprocessing,
                     max_queue_size=4, **kwargs)
     assert (ds.workers, ds.use_multiprocessing) == (1, False)  # Keras' enqueuer stays off
-    assert (ds.read_ahead.workers, ds.read_ahead.use_multiprocessing) == (
+    assert (ds._batch_workers.workers, ds._batch_workers.use_multiprocessing) == (
         2, use_multiprocessing)
     plain = NpyDataset(path, **kwargs)
     np.testing.assert_array_equal(ds[0], plain[0])  # a peek: batches 1-4 are read ahead
@@ -314,7 +314,7 @@ def test_read_ahead_never_serves_another_epochs_batches(rows_file, use_multiproc
     plain.on_epoch_end()
     for i in range(len(ds)):
         np.testing.assert_array_equal(ds[i], plain[i])
-    ds.read_ahead.close()
+    ds._batch_workers.close()
 
 
 def _rss_anon_kib():

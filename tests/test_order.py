@@ -8,13 +8,14 @@ from keras_npy.order import Order
 
 
 def _epoch(order, epoch):
-    return [order.batch(epoch, i) for i in range(order.num_batches)]
+    return [np.asarray(order.batch(epoch, i)) for i in range(order.num_batches)]
 
 
 def test_unshuffled_batches_are_sequential_with_a_short_last_batch():
     order = Order(10, batch_size=4, shuffle=False, seed=0)
     assert [b.tolist() for b in _epoch(order, 0)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert [b.tolist() for b in _epoch(order, 5)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert order.batches(0, 1, 2) == range(4, 10)  # consecutive ids come as a range
     dropped = Order(10, batch_size=4, shuffle=False, seed=0, drop_remainder=True)
     assert [b.tolist() for b in _epoch(dropped, 0)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
@@ -108,10 +109,11 @@ def test_bad_arguments(kwargs, message):
     assert str(info.value) == message
 
 
-def test_shuffle_must_be_a_bool():
+def test_shuffle_must_be_a_bool_or_block():
     with pytest.raises(TypeError) as info:
         order_lib.check_order_arguments(4, "yes", 0, None, None, 1, 0, False, None)
-    assert str(info.value) == "`shuffle` must be True or False. Received: shuffle='yes'"
+    assert str(info.value) == ('`shuffle` must be True, False or "block". '
+                               "Received: shuffle='yes'")
 
 
 @pytest.mark.parametrize("kwargs, consecutive", [
@@ -128,3 +130,80 @@ def test_consecutive_batches_are_flagged(kwargs, consecutive):
         for i in range(order.num_batches):
             batch = order.batch(0, i)
             assert (np.diff(batch) == 1).all()
+
+
+def _block_of(ids, block_size):
+    return np.asarray(ids) // block_size
+
+
+def test_block_shuffle_is_exactly_once_seeded_and_new_each_epoch():
+    order = Order(1000, batch_size=64, shuffle="block", seed=3, block_size=50, window=4)
+    first = np.concatenate(_epoch(order, 0))
+    assert sorted(first.tolist()) == list(range(1000))
+    again = Order(1000, batch_size=64, shuffle="block", seed=3, block_size=50, window=4)
+    assert np.array_equal(np.concatenate(_epoch(again, 0)), first)
+    second = np.concatenate(_epoch(order, 1))
+    assert sorted(second.tolist()) == list(range(1000)) and not np.array_equal(first, second)
+    # Each window of 4 blocks (200 samples) is a shuffle of exactly those blocks.
+    for w in range(5):
+        window = first[w * 200:(w + 1) * 200]
+        blocks = np.unique(_block_of(window, 50))
+        assert len(blocks) == 4
+        assert sorted(window.tolist()) == sorted(
+            np.concatenate([np.arange(b * 50, b * 50 + 50) for b in blocks]).tolist())
+    assert not np.array_equal(first[:200], np.sort(first[:200]))  # shuffled within
+
+
+def test_block_shuffle_window_ids_are_the_blocks_a_batch_draws_from():
+    order = Order(1000, batch_size=64, shuffle="block", seed=3, block_size=50, window=4)
+    ids = np.concatenate(_epoch(order, 0))  # windows: positions 0-199, 200-399, ...
+    for i in range(order.num_batches):
+        first, last = i * 64 // 200, (min(i * 64 + 64, 1000) - 1) // 200
+        expected = np.sort(ids[first * 200:(last + 1) * 200])
+        np.testing.assert_array_equal(order.window_ids(0, i), expected)
+    new = [order.window_ids(0, i, new_only=True) for i in range(order.num_batches)]
+    assert sorted(np.concatenate(new).tolist()) == list(range(1000))  # each window once
+    assert Order(100, batch_size=8, shuffle=True, seed=0).window_ids(0, 0) is None
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(validation_split=0.3, subset="training"),
+    dict(validation_split=0.3, subset="validation"),
+    dict(num_shards=3, shard_index=1),
+    dict(validation_split=0.2, subset="training", num_shards=2, shard_index=0),
+    dict(drop_remainder=True),
+])
+def test_block_shuffle_composes_with_splits_shards_and_drop_remainder(kwargs):
+    exact = Order(997, batch_size=32, shuffle=True, seed=5, **kwargs)
+    block = Order(997, batch_size=32, shuffle="block", seed=5, block_size=40, window=3,
+                  **kwargs)
+    assert block.num_batches == exact.num_batches
+    np.testing.assert_array_equal(block.sample_ids, exact.sample_ids)  # the same subset
+    for epoch in range(2):
+        got = np.concatenate(_epoch(block, epoch))
+        expected = exact.sample_ids if not kwargs.get("drop_remainder") else None
+        if expected is not None:
+            assert sorted(got.tolist()) == expected.tolist()
+        else:
+            assert len(set(got.tolist())) == len(got) == 997 // 32 * 32
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(shuffle=True, shuffle_block_size=100),
+     '`shuffle_block_size` sets up the block shuffle; pass shuffle="block" with it. '
+     "Received: shuffle=True, shuffle_block_size=100"),
+    (dict(shuffle="block", shuffle_block_size=0),
+     "`shuffle_block_size` must be None or a positive integer. Received: "
+     "shuffle_block_size=0"),
+    (dict(shuffle="block", shuffle_window=2.5),
+     "`shuffle_window` must be None or a positive integer. Received: shuffle_window=2.5"),
+])
+def test_bad_block_shuffle_arguments(kwargs, message):
+    from keras_npy import _checks
+
+    arguments = dict(shuffle=False, shuffle_block_size=None, shuffle_window=None)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError) as info:
+        _checks.check_block_shuffle(arguments["shuffle"], arguments["shuffle_block_size"],
+                                    arguments["shuffle_window"])
+    assert str(info.value) == message

@@ -1,0 +1,17 @@
+"""The read stage: one batch's samples in, one array out, at the disk's pace.
+
+- `engine`: `BatchReader.read(ids)`, the one entry, and `prefetch(ids)`.
+- `plan`: which rows of which files go to which slots, and which bytes.
+- `local`: `preadv` that names the file, and hints to the kernel.
+- `handles`: open files and memory maps of rows files, per process.
+- `guard`: memory maps whose reads cannot kill the process.
+- `buffers`: batch arrays reused once nothing holds them.
+- `padding`: samples of different shapes brought to one shape per batch.
+- `prefetch`: the read-ahead window over the batches that come next.
+"""
+
+from keras_npy.read.engine import BatchReader
+from keras_npy.read.padding import Padding, check_padding
+from keras_npy.read.prefetch import ReadAhead
+
+__all__ = ["BatchReader", "Padding", "ReadAhead", "check_padding"]

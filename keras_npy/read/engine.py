@@ -1,0 +1,401 @@
+"""`BatchReader`: the samples of a batch in, one array out.
+
+For the rows layout, a batch is planned (`plan`) into parts, one per file;
+each part is copied from the file's guarded memory map (`handles`, `guard`),
+or read with `preadv` where maps are not guarded. A map whose read faulted
+(the file was cut short meanwhile) is dropped, and the part is read again
+from the file opened anew, whose check names a file that is now too short.
+Per-sample files are read whole, each with one `preadv` of its header, its
+data and one byte more, which checks its size and header against the index.
+
+`prefetch(ids)` asks the kernel to read a batch's bytes into the page cache
+in the background (`local.advise`), unless a probe finds them there already:
+the read-ahead (`prefetch.ReadAhead`) calls it for the batches that come
+next, and `read(ids, advise=True)` for a batch that nothing read ahead, so
+that the reads of one batch are in flight together.
+
+Data that cannot go straight into its slot (non-native byte order, Fortran
+order, padding on other axes than the first) is read into a scratch array
+first and copied in with numpy's conversion; padding is filled with
+`pad_value` (see `padding`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+
+import numpy as np
+
+from keras_npy.index import FileIndex, RowIndex
+from keras_npy.read import guard, local, plan
+from keras_npy.read.buffers import POOL
+from keras_npy.read.handles import TABLE, FileFacts, MapFailed
+from keras_npy.read.padding import Padding, check_pad_value
+
+#: Times a part is read again after its map faulted, before giving up.
+_ATTEMPTS = 3
+#: Reads between checks that the SIGBUS handler is still ours.
+_GUARD_CHECK_EVERY = 256
+_PAGE = 4096
+
+
+class BatchReader:
+    """Reads batches of one index (an input of `x`, or targets in files).
+
+    Args:
+        index: a `FileIndex` or `RowIndex`.
+        padding: a `Padding`.
+        dtype: the dtype of the batches; `None` for the stored dtype, in
+            native byte order.
+        name: the input's name, for error messages.
+
+    Raises:
+        ValueError: `dtype` cannot hold `pad_value`, or samples differ in
+            shape on an axis that `pad_to` leaves as it is.
+    """
+
+    def __init__(self, index: FileIndex | RowIndex, padding: Padding, dtype=None,
+                 name: str = "x"):
+        self.index, self.padding, self.name = index, padding, name
+        self.stored = index.dtype
+        self.native = index.dtype.newbyteorder("=")
+        self.dtype = np.dtype(dtype) if dtype is not None else self.native
+        self.axes = padding.axes(index.sample_shape, name)
+        self._check_kept_axes()
+        self.pad_value = check_pad_value(padding.pad_value, self.native)
+        self._rows = _RowFiles(index) if isinstance(index, RowIndex) else None
+        if self._rows is not None:
+            self._row_target = padding.target_shape(
+                self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
+            self._direct = self.stored == self.native and self._row_target == index.row_shape
+            #: Rows go out as stored: the next batch of an unshuffled epoch may be
+            #: copied straight from the map the last one came from.
+            self._plain = self._direct and self.dtype == self.native
+
+    def element_shape(self) -> tuple[int | None, ...]:
+        """The shape of one sample of a batch, `None` where batches vary."""
+        return tuple(known if spec is None or spec == "longest" else spec
+                     for spec, known in zip(self.axes, self.index.sample_shape))
+
+    def read(self, ids, advise: bool = False) -> np.ndarray:
+        """The samples `ids` (an `int64` array, or a `range` of consecutive
+        samples), stacked in that order: shape `(len(ids), ...)`. With
+        `advise`, the batch's reads are started together first when its bytes
+        are not in the page cache (a batch that nothing read ahead)."""
+        if self._rows is not None:
+            if self._plain and type(ids) is range:
+                out = self._rows.read_range(ids, self.native)
+                if out is not None:
+                    return out
+            out = self._read_rows(ids, advise)
+        else:
+            out = self._read_files(np.asarray(ids, np.int64), advise)
+        return out if self.dtype == self.native else out.astype(self.dtype)
+
+    def prefetch(self, ids) -> int:
+        """Starts reading the bytes of samples `ids` into the page cache in the
+        background, unless probes find them there; returns the pages asked for
+        (0 when cached, or where the system takes no such hint)."""
+        if not local.can_advise() or len(ids) == 0:
+            return 0
+        if self._rows is not None:
+            return self._rows.prefetch(plan.plan_rows(self._rows.starts, ids))
+        return _prefetch_files(self.index, np.asarray(ids, np.int64))
+
+    def nbytes(self, ids) -> int:
+        """The data bytes of samples `ids`, as stored."""
+        if self._rows is not None:
+            return len(ids) * self.index.row_nbytes
+        shapes = self.index.shapes[np.asarray(ids, np.int64)]
+        return int(np.prod(shapes, axis=1).sum()) * self.stored.itemsize
+
+    def _allocate(self, n: int, target: tuple[int, ...], fill: bool) -> np.ndarray:
+        out = POOL.empty((n, *target), self.native)
+        if fill:
+            out.fill(self.pad_value)
+        return out
+
+    def _check_kept_axes(self) -> None:
+        for axis, (spec, size) in enumerate(zip(self.axes, self.index.sample_shape)):
+            if spec is None and size is None:
+                shapes = self.index.shapes[:, axis]
+                a, b = int(np.argmin(shapes)), int(np.argmax(shapes))
+                paths = self.index.paths
+                raise ValueError(
+                    f"Samples of {self.name} differ in shape on axis {axis}: "
+                    f"{paths[a]} has shape {tuple(self.index.shapes[a].tolist())}, {paths[b]} "
+                    f"has shape {tuple(self.index.shapes[b].tolist())}. Pass `pad_to` to pad "
+                    "them to one shape per batch: pad_to=\"longest\", an int, or a tuple. "
+                    f"Received: pad_to={self.padding.pad_to!r}")
+
+    # Rows.
+
+    def _read_rows(self, ids, advise: bool) -> np.ndarray:
+        n, rows = len(ids), self._rows
+        target = self._row_target
+        out = self._allocate(n, target, target != self.index.row_shape)
+        if n == 0 or rows.row_nbytes == 0:
+            return out
+        into = out if self._direct else np.empty((n, *self.index.row_shape), self.stored)
+        parts = plan.plan_rows(rows.starts, ids)
+        if advise:
+            rows.prefetch(parts)
+        for part in parts:
+            rows.read(part, into)
+        if not self._direct:
+            source, destination = self.padding.placement(self.index.row_shape, target)
+            out[(slice(None), *destination)] = into[(slice(None), *source)]
+        return out
+
+    # Per-sample files.
+
+    def _read_files(self, ids: np.ndarray, advise: bool) -> np.ndarray:
+        index = self.index
+        shapes = index.sample_shapes(ids)
+        target = self.padding.target_shape(self.axes, shapes)
+        fill = len(ids) > 0 and bool((shapes != np.array(target, np.int64)).any())
+        out = self._allocate(len(ids), target, fill)
+        if advise and len(ids):
+            _prefetch_files(index, ids)
+        direct = self.stored == self.native
+        # Python lists, not numpy scalars, in the per-file loop: it is most of the cost.
+        paths, offsets = index.paths.select(ids), index.data_offsets[ids].tolist()
+        fortran, crcs = index.fortran_order[ids].tolist(), index.header_crc32[ids].tolist()
+        shapes = list(map(tuple, shapes.tolist()))
+        target = tuple(target)
+        itemsize, pre = self.stored.itemsize, self.padding.padding == "pre"
+        for k, (path, offset, shape) in enumerate(zip(paths, offsets, shapes)):
+            head, nbytes = bytearray(offset), math.prod(shape) * itemsize
+            if direct and not fortran[k] and shape[1:] == target[1:] and (
+                    shape[:1] <= target[:1]):
+                # Padded (if at all) on the first axis only: the sample's place in
+                # the slot is contiguous, so it is read straight there.
+                if not shape:  # a 0-d sample: its slot, as a 1-element view
+                    slot = out[k:k + 1]
+                else:
+                    slot = out[k][target[0] - shape[0]:] if pre else out[k][:shape[0]]
+                found = local.read_whole(path, head, [local.byte_view(slot)], nbytes)
+                _check_sample(index, ids[k], path, head, found, nbytes, crcs[k])
+                continue
+            raw = np.empty(nbytes, np.uint8)
+            found = local.read_whole(path, head, [memoryview(raw)], nbytes)
+            _check_sample(index, ids[k], path, head, found, nbytes, crcs[k])
+            scratch = raw.view(self.stored).reshape(shape, order="F" if fortran[k] else "C")
+            source, destination = self.padding.placement(shape, target)
+            out[(k, *destination)] = scratch[source]
+        return out
+
+
+class _RowFiles:
+    """The files of a `RowIndex` as a reader reads them: their facts, keys in
+    the table of open files, and the rows each holds."""
+
+    def __init__(self, index: RowIndex):
+        self.index, self.row_nbytes = index, index.row_nbytes
+        self.starts = index.row_starts.tolist()
+        self.fortran = index.fortran_order.tolist()
+        rows = np.diff(index.row_starts).tolist()
+        self.facts = [
+            FileFacts(index.paths[f], int(index.data_offsets[f]), rows[f] * index.row_nbytes,
+                      tuple(index.file_ids[f].tolist()),
+                      (index.dtype, (rows[f], *index.row_shape), self.fortran[f]))
+            for f in range(len(index.paths))]
+        self.keys = [facts.key() for facts in self.facts]
+        # (first row, end row, weak references to the map's rows and to the open
+        # file, guard region) of the file of the last run copied: weak, so that
+        # a reader kept alive holds no map or descriptor.
+        self._last, self._reads = None, 0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_last": None}
+
+    def read(self, part, into: np.ndarray) -> None:
+        """Fills the slots of `part` in `into` (rows as stored). A copy from a
+        map that faulted, or from a file that changed meanwhile, and a short
+        read, are done again from the file opened anew, whose check raises the
+        error that names a file that is now too short."""
+        f = part.file
+        for attempt in range(_ATTEMPTS):
+            opened = TABLE.get(self.keys[f], self.facts[f])
+            try:
+                mapped = opened.mapped()
+            except MapFailed:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                TABLE.drop(self.keys[f], opened)
+                continue
+            if mapped is None or not self._guarded():
+                try:
+                    return self._pread(opened.fd, part, into)
+                except local.ShortRead:
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+            else:
+                self._copy(mapped, part, into)
+                if not mapped.poisoned and opened.unchanged():
+                    if isinstance(part, plan.Run) and not self.fortran[f]:
+                        self._remember(f, opened, mapped)
+                    return None
+            TABLE.drop(self.keys[f], opened)
+        raise ValueError(f"{self.facts[f].path}: the file changed while its rows were read, "
+                         f"{_ATTEMPTS} times in a row; it changed after the dataset was built.")
+
+    def _remember(self, f: int, opened, mapped) -> None:
+        rows = mapped.rows(self.index.dtype, self.facts[f].header[1], False)
+        self._last = (self.starts[f], self.starts[f + 1], weakref.ref(rows),
+                      weakref.ref(opened), mapped.region)
+
+    def read_range(self, ids: range, dtype: np.dtype) -> np.ndarray | None:
+        """Rows `ids` as a new batch when they lie in the file whose map the
+        last run was copied from (the next batch of an unshuffled epoch),
+        else `None`: one copy, no plan, the same checks."""
+        last = self._last
+        if last is None or not (last[0] <= ids.start and ids.stop <= last[1]) or not ids:
+            return None
+        rows, opened = last[2](), last[3]()  # alive while the map and file are
+        if rows is None or opened is None or not self._guarded():
+            return None
+        out = POOL.empty((len(ids), *self.index.row_shape), dtype)
+        np.copyto(out, rows[ids.start - last[0]:ids.stop - last[0]])
+        return None if last[4].poisoned or not opened.unchanged() else out
+
+    def _guarded(self) -> bool:
+        """Whether the SIGBUS handler is still ours (looked at every
+        `_GUARD_CHECK_EVERY` reads: another library may replace it)."""
+        self._reads += 1
+        if self._reads % _GUARD_CHECK_EVERY:
+            return True
+        return guard.installed()
+
+    def _copy(self, mapped, part, into: np.ndarray) -> None:
+        """Copies the rows of `part` from the file's map into their slots."""
+        f = part.file
+        rows = mapped.rows(self.index.dtype, self.facts[f].header[1], self.fortran[f])
+        if isinstance(part, plan.Run):
+            into[part.slot:part.slot + part.count] = rows[part.row:part.row + part.count]
+        elif part.slots is None:
+            # The rows lie in the file (planned so): mode="clip" spares numpy the
+            # copy through a temporary that the default mode makes with `out`.
+            np.take(rows, part.rows, axis=0, out=into, mode="clip")
+        else:
+            into[part.slots] = np.take(rows, part.rows, axis=0, mode="clip")
+
+    def _pread(self, fd: int, part, into: np.ndarray) -> None:
+        """Reads the rows of `part` with `preadv`: one call per run of adjacent
+        rows, scattering them to their slots."""
+        f, n = part.file, len(into)
+        facts = self.facts[f]
+        if self.fortran[f]:
+            raise ValueError(f"{facts.path}: rows of a Fortran-order file are strided and are "
+                             "read from a memory map, which this platform cannot guard; save "
+                             "the array in C order (np.ascontiguousarray).")
+        target = into.reshape(n, -1).view(np.uint8)
+        if isinstance(part, plan.Run):
+            local.pread_into(facts.path, fd, [target[part.slot:part.slot + part.count]],
+                             facts.data_offset + part.row * self.row_nbytes)
+            return
+        slots = _slots(part)
+        order, run_starts, lengths = plan.adjacent_runs(part.rows)
+        ordered = part.rows[order]
+        for a, length in zip(run_starts.tolist(), lengths.tolist()):
+            buffers = _slot_buffers(target, slots[order[a:a + length]])
+            local.pread_into(facts.path, fd, buffers,
+                             facts.data_offset + int(ordered[a]) * self.row_nbytes)
+
+    def prefetch(self, parts: list) -> int:
+        """Advises the kernel of the bytes of `parts` that probes do not find in
+        the page cache; returns the pages asked for."""
+        pages = 0
+        for part in parts:
+            f = part.file
+            if self.fortran[f]:
+                continue  # strided rows: a stretch per element is not worth asking for
+            facts = self.facts[f]
+            fd = TABLE.get(self.keys[f], facts).fd
+            if isinstance(part, plan.Run):
+                first, last = part.row, part.row + part.count - 1
+            else:
+                first, last = int(part.rows[0]), int(part.rows[-1])
+            start = facts.data_offset
+            if (local.cached(fd, start + first * self.row_nbytes)
+                    and local.cached(fd, start + (last + 1) * self.row_nbytes - 1)):
+                continue
+            offsets, lengths = plan.row_extents(part, self.row_nbytes)
+            for offset, length in zip((offsets + start).tolist(), lengths.tolist()):
+                local.advise(fd, offset, length)
+                pages += -(-(offset % _PAGE + length) // _PAGE)
+        return pages
+
+
+def _slots(part) -> np.ndarray:
+    if isinstance(part, plan.Run):
+        return np.arange(part.slot, part.slot + part.count)
+    return np.arange(len(part.rows)) if part.slots is None else part.slots
+
+
+def _slot_buffers(target: np.ndarray, slots: np.ndarray) -> list:
+    """Writable buffers for batch slots, merging slots that are adjacent."""
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    return [target[group[0]:group[-1] + 1] for group in np.split(slots, breaks) if len(group)]
+
+
+def _prefetch_files(index: FileIndex, ids: np.ndarray) -> int:
+    """Advises the kernel of per-sample files (open, advise, close: the pages
+    stay in the page cache), unless a probe of the first and last finds them
+    cached; returns the pages asked for."""
+    paths = index.paths.select(ids)
+    if _files_cached(paths[:1] + paths[-1:]):
+        return 0
+    shapes = index.shapes[ids]
+    nbytes = (np.prod(shapes, axis=1) * index.dtype.itemsize
+              + index.data_offsets[ids]).tolist()
+    pages = 0
+    for path, size in zip(paths, nbytes):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # the read reports it, with the file's name
+        try:
+            local.advise(fd, 0, size)
+        finally:
+            os.close(fd)
+        pages += -(-size // _PAGE)
+    return pages
+
+
+def _files_cached(paths: list[str]) -> bool:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            if not local.cached(fd, 0):
+                return False
+        finally:
+            os.close(fd)
+    return True
+
+
+def _check_sample(index: FileIndex, i, path: str, head: bytearray, found: int, nbytes: int,
+                  crc: int) -> None:
+    """A per-sample file must be as indexed: size and header."""
+    if found == len(head) + nbytes and local.header_crc32(head) == crc:
+        return
+    from keras_npy.header import read_header
+
+    shape, fortran = tuple(index.shapes[int(i)].tolist()), bool(index.fortran_order[int(i)])
+    expected = f"dtype {index.dtype} and shape {shape}"
+    try:
+        now = read_header(path)
+    except ValueError as e:
+        raise ValueError(f"{e} (Indexed with {expected}; the file changed after the dataset "
+                         "was built.)") from e
+    if (found == len(head) + nbytes and now.data_offset == len(head)
+            and (now.dtype, now.shape, now.fortran_order) == (index.dtype, shape, fortran)):
+        return  # the header's bytes changed, not what it says: the data read are right
+    raise ValueError(f"{path}: expected {expected} as when the dataset was built, found "
+                     f"dtype {now.dtype} and shape {now.shape}; the file changed after the "
+                     "dataset was built.")

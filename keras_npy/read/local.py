@@ -1,0 +1,126 @@
+"""Local file I/O: reads that fill their buffers or name the file, and hints to the kernel.
+
+Every read is `os.preadv` (positionless, so threads and forked processes may
+share a descriptor), resumed after a short read, and checked: fewer bytes than
+asked means the file was cut short after it was indexed, and the error says
+which file and where. Hints tell the kernel which bytes come next
+(`posix_fadvise(POSIX_FADV_WILLNEED)`: it starts reading them in the
+background and returns, so that many reads are in flight without a thread
+each) and ask whether bytes are in the page cache already (`preadv` with
+`RWF_NOWAIT`, which fails instead of waiting for the disk).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+
+_IOV_MAX = 1024  # Linux's limit on buffers per preadv call
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+_PROBE = bytearray(1)  # what probes read into; its content is never used
+
+
+class ShortRead(ValueError):
+    """Fewer bytes than asked: the file was cut short after it was indexed."""
+
+
+def byte_view(array: np.ndarray) -> memoryview:
+    """A writable byte view of a C-contiguous array, whatever its dtype (numpy
+    exposes no buffer for some dtypes, e.g. non-native long doubles)."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def pread_into(path: str, fd: int, buffers: list, offset: int) -> None:
+    """Fills `buffers` (byte memoryviews) from `offset` of the open file `fd`,
+    or raises the `ValueError` that names `path`."""
+    for start in range(0, len(buffers), _IOV_MAX):
+        chunk = buffers[start:start + _IOV_MAX]
+        wanted = sum(b.nbytes for b in chunk)
+        found = _preadv_fully(path, fd, chunk, offset, wanted)
+        if found != wanted:
+            raise _short(path, wanted, offset, found)
+        offset += wanted
+
+
+def read_whole(path: str, head: bytearray, buffers: list, nbytes: int) -> int:
+    """Reads a per-sample file in one `preadv` from byte 0: its header into
+    `head`, `nbytes` of data into `buffers`, and one byte more, so that a file
+    that grew shows as one that shrank does. Returns the bytes read (the
+    caller checks them: `len(head) + nbytes` is a file as indexed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
+    try:
+        wanted = len(head) + nbytes + 1
+        return _preadv_fully(path, fd, [head, *buffers, bytearray(1)], 0, wanted)
+    finally:
+        os.close(fd)
+
+
+def header_crc32(head: bytes | bytearray) -> int:
+    """The checksum of a header's bytes, as the index records it."""
+    return zlib.crc32(head)
+
+
+def advise(fd: int, offset: int, nbytes: int) -> None:
+    """Asks the kernel to start reading bytes `offset` to `offset + nbytes` into
+    the page cache, without waiting for them."""
+    if _WILLNEED is not None and nbytes > 0:
+        try:
+            os.posix_fadvise(fd, offset, nbytes, _WILLNEED)
+        except OSError:  # a hint: a file system that refuses it reads on demand
+            pass
+
+
+def cached(fd: int, offset: int) -> bool | None:
+    """Whether the byte at `offset` is in the page cache: `None` where the
+    system cannot tell without reading it."""
+    if _NOWAIT is None:
+        return None
+    try:
+        os.preadv(fd, [_PROBE], offset, _NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:  # not supported by this file system
+        return None
+    return True
+
+
+def can_advise() -> bool:
+    return _WILLNEED is not None
+
+
+def _preadv_fully(path: str, fd: int, buffers: list, offset: int, wanted: int) -> int:
+    """`preadv` until `wanted` bytes are read or the file ends; the bytes read."""
+    try:
+        found = os.preadv(fd, buffers, offset)
+        while found < wanted:  # a short read is legal; resume where it stopped
+            more = os.preadv(fd, _rest(buffers, found), offset + found)
+            if more == 0:
+                break
+            found += more
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
+    return found
+
+
+def _rest(buffers: list, done: int) -> list:
+    rest, skip = [], done
+    for b in buffers:
+        size = memoryview(b).nbytes
+        if skip >= size:
+            skip -= size
+            continue
+        rest.append(memoryview(b).cast("B")[skip:])
+        skip = 0
+    return rest
+
+
+def _short(path: str, expected: int, offset: int, found: int) -> ValueError:
+    return ShortRead(f"{path}: expected {expected} bytes at offset {offset}, found {found}; "
+                      "the file changed after the dataset was built.")
+
