@@ -9,7 +9,8 @@ timing. Here every request names its `(epoch, i)`; work for another epoch is
 dropped, so what `ds[i]` returns never depends on timing.
 
 Worker processes are started with `forkserver` where the platform has it
-(else `spawn`), never by forking the training process: JAX, PyTorch and
+(else `spawn`, as in a process forked from the one that imported keras_npy,
+where the forkserver is the parent's), never by forking the training process: JAX, PyTorch and
 TensorFlow run threads that a fork would copy in the middle of their work
 (JAX warns that this "will likely lead to a deadlock"). As with any
 multiprocessing start method but `fork`, a script that uses
@@ -47,10 +48,17 @@ def _read_in_worker(epoch: int, i: int):
     return _WORKER_SOURCE.read(epoch, i, 1)
 
 
+#: The process that imported this module. A process forked from it shares its
+#: forkserver's bookkeeping, which only that process can use.
+_IMPORTED_IN = os.getpid()
+
+
 def start_method() -> str:
-    """The start method of worker processes: `forkserver`, else `spawn`."""
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
+    """The start method of worker processes: `forkserver` where the platform
+    has it, `spawn` elsewhere and in processes forked after import."""
+    if "forkserver" in multiprocessing.get_all_start_methods() and os.getpid() == _IMPORTED_IN:
+        return "forkserver"
+    return "spawn"
 
 
 class BatchWorkers:
@@ -73,6 +81,17 @@ class BatchWorkers:
     def get(self, epoch: int, i: int, num_batches: int):
         """Batch `i` of `epoch`; schedules the next `depth` batches."""
         self._own_process()
+        try:
+            future = self._schedule(epoch, i, num_batches)
+            self.source.advise_ahead(epoch, i, 1)
+            return future.result()
+        except BrokenProcessPool as e:
+            self.close()
+            raise BrokenProcessPool(
+                f"A worker process died while batch {i} of epoch {epoch} was read ({e}). The "
+                "next batch asked for starts new worker processes.") from e
+
+    def _schedule(self, epoch: int, i: int, num_batches: int) -> Future:
         with self._lock:
             future = self._pending.pop((epoch, i), None) or self._submit(epoch, i)
             wanted = {(epoch, j) for j in range(i + 1, min(i + 1 + self.depth, num_batches))}
@@ -81,14 +100,7 @@ class BatchWorkers:
                     self._pending.pop(key).cancel()
             for key in sorted(wanted - self._pending.keys()):
                 self._pending[key] = self._submit(*key)
-        self.source.advise_ahead(epoch, i, 1)
-        try:
-            return future.result()
-        except BrokenProcessPool as e:
-            self.close()
-            raise BrokenProcessPool(
-                f"A worker process died while reading batch {i} of epoch {epoch} ({e}). The "
-                "next batch asked for starts new worker processes.") from e
+        return future
 
     def close(self) -> None:
         """Stops the workers; a later `get` starts new ones."""

@@ -418,3 +418,137 @@ def test_buckets_batch_similar_lengths_with_little_padding(tmp_path):
             assert b.shape[1] == -(-longest // 4) * 4  # the longest, rounded up to 4
             assert len({lengths[int(v)] >= 10 for v in b[:, 0]}) == 1  # one bucket
         ds.on_epoch_end()
+
+
+@pytest.fixture
+def numbered_rows(tmp_path):
+    """Two rows files whose rows hold their own global index."""
+    for k, (start, stop) in enumerate([(0, 300), (300, 513)]):
+        _save(str(tmp_path / "numbered" / f"x_{k}.npy"),
+              np.repeat(np.arange(start, stop, dtype="int64")[:, None], 3, axis=1))
+    return str(tmp_path / "numbered")
+
+
+@pytest.mark.parametrize("workers, use_multiprocessing", [(1, False), (2, False), (2, True)])
+def test_block_shuffle_is_exactly_once_with_splits_shards_and_workers(
+        numbered_rows, workers, use_multiprocessing):
+    kwargs = dict(layout="rows", batch_size=20, shuffle="block", seed=7, shuffle_block_size=16,
+                  shuffle_window=4, validation_split=0.25, subset="training")
+    seen = []
+    for shard in range(2):
+        ds = NpyDataset(numbered_rows, num_shards=2, shard_index=shard, workers=workers,
+                        use_multiprocessing=use_multiprocessing, **kwargs)
+        plain = NpyDataset(numbered_rows, num_shards=2, shard_index=shard, **kwargs)
+        epochs = []
+        for _ in range(2):
+            batches = _epoch(ds)
+            for got, expected in zip(batches, _epoch(plain)):
+                np.testing.assert_array_equal(got, expected)
+            ids = np.concatenate(batches)[:, 0]
+            assert len(set(ids.tolist())) == len(ids) == ds.num_samples
+            epochs.append(ids)
+            ds.on_epoch_end()
+            plain.on_epoch_end()
+        assert set(epochs[0].tolist()) == set(epochs[1].tolist())
+        assert not np.array_equal(epochs[0], epochs[1])
+        seen.append(set(epochs[0].tolist()))
+    validation = NpyDataset(numbered_rows, **{**kwargs, "subset": "validation"})
+    val_ids = set(np.concatenate(_epoch(validation))[:, 0].tolist())
+    assert not seen[0] & seen[1] and not (seen[0] | seen[1]) & val_ids
+    assert seen[0] | seen[1] | val_ids == set(range(513))
+
+
+def test_block_shuffle_of_per_sample_files(class_files):
+    root, samples = class_files
+    ds = NpyDataset(root, y="inferred", pad_to="longest", batch_size=3, shuffle="block",
+                    seed=2, shuffle_block_size=2, shuffle_window=2)
+    for _ in range(2):
+        got = sorted((int(x[0, 0]), int(y)) for bx, by in _epoch(ds) for x, y in zip(bx, by))
+        assert got == sorted((int(a[0, 0]), c) for _, a, c in samples)
+        ds.on_epoch_end()
+
+
+def _wait_for_child(pid: int, seconds: float) -> int:
+    """The child's exit status, or kills it and fails when it hangs."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child hung for {seconds} s")
+
+
+@pytest.mark.parametrize("use_multiprocessing", [False, True])
+def test_a_forked_child_reads_batches_with_workers_of_its_own(rows_file, use_multiprocessing):
+    path, x = rows_file
+    ds = NpyDataset(path, batch_size=10, workers=2, use_multiprocessing=use_multiprocessing,
+                    max_queue_size=2)
+    np.testing.assert_array_equal(ds[0], x[:10])  # the parent's workers are running
+    pid = os.fork()
+    if pid == 0:  # batch 7 was not read ahead: the child's own workers read it
+        ok = False
+        try:
+            ok = np.array_equal(ds[7], x[70:80]) and np.array_equal(ds[8], x[80:90])
+        finally:
+            os._exit(0 if ok else 1)
+    assert _wait_for_child(pid, 120) == 0
+    np.testing.assert_array_equal(ds[1], x[10:20])  # the parent's go on
+    ds._batch_workers.close()
+
+
+def test_a_killed_worker_fails_its_batch_and_the_next_starts_new_workers(rows_file):
+    from concurrent.futures.process import BrokenProcessPool
+
+    path, x = rows_file
+    ds = NpyDataset(path, batch_size=10, workers=2, use_multiprocessing=True, max_queue_size=1)
+    np.testing.assert_array_equal(ds[0], x[:10])
+    for process in list(ds._batch_workers._executor._processes.values()):
+        process.kill()
+    with pytest.raises(BrokenProcessPool) as info:
+        for i in range(2, len(ds)):  # batch 1 may have been read before the kill
+            ds[i]
+    assert "The next batch asked for starts new worker processes." in str(info.value)
+    ds.on_epoch_end()
+    for i in range(len(ds)):  # a new pool serves the next epoch
+        np.testing.assert_array_equal(ds[i], x[i * 10:(i + 1) * 10])
+    ds._batch_workers.close()
+
+
+def test_a_file_cut_short_under_worker_threads_names_it_and_leaks_nothing(tmp_path):
+    import gc
+    import threading
+    import time
+
+    from keras_npy.read import handles
+
+    handles.TABLE._files.clear()
+    threads, fds = set(threading.enumerate()), len(os.listdir("/proc/self/fd"))
+    x = np.arange(4096 * 16, dtype="float32").reshape(4096, 16)
+    path = _save(str(tmp_path / "x.npy"), x)
+    ds = NpyDataset(path, batch_size=64, workers=2, max_queue_size=8)
+    np.testing.assert_array_equal(ds[0], x[:64])
+    with open(path, "r+b") as f:
+        f.truncate(128 + 2048 * 64)  # half the rows are gone, some being read
+    errors = 0
+    for i in range(1, len(ds)):
+        try:
+            np.testing.assert_array_equal(ds[i], x[i * 64:(i + 1) * 64])
+        except ValueError as e:
+            assert str(e).startswith(f"{path}: ")
+            errors += 1
+    assert errors >= len(ds) // 2 - 1
+    ds._batch_workers.close()
+    del ds
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - threads
+    handles.TABLE._files.clear()  # the process' table of open files, bounded, shared
+    assert len(os.listdir("/proc/self/fd")) <= fds
