@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import common, files, fit, index, limits, memory, rows, scale
+from benchmarks import cold, common, files, fit, index, limits, memory, rows, scale
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,17 +42,21 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=args.temp_dir) as root:
         num_files = max(500, int(20_000 * size))
         num_rows = max(8192, int(262_144 * size))
+        big_rows = max(8192, int(2**20 * size) // 1024 * 1024)  # 1 GiB of 1 KiB rows
         if "limits" in chosen:
             limits.run(results, root, max(16, int(256 * size)), num_files)
         if "index" in chosen:
             index.run(results, root, num_files * 5)
         if "rows" in chosen:
-            rows.run(results, root, num_rows, tf)
+            rows.run(results, root, big_rows, tf)
         if "files" in chosen:
             for file_size, vary in ((1024, False), (12 * 1024, False), (1024, True)):
-                files.run(results, root, num_files, file_size, vary, tf)
+                files.run(results, root, num_files, file_size, vary, tf,
+                          with_workers=file_size == 1024 and not vary)
         elif "memory" in chosen:  # it measures the index of the 1 KiB files
             common.write_files(os.path.join(root, "files_1024_False"), num_files, 1024)
+        if "cold" in chosen:
+            cold.run(results, root, big_rows, max(16, int(256 * size)), num_files, tf)
         if "fit" in chosen:
             fit.run(results, root, num_rows, tf)
         if "memory" in chosen:
@@ -104,7 +108,7 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
     return report
 
 
-GROUPS = ("limits", "index", "rows", "files", "fit", "memory", "scale")
+GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "memory", "scale")
 
 
 def format_table(figures: list[dict]) -> str:

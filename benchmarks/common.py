@@ -56,11 +56,12 @@ class Results:
         return title
 
     def rate(self, group: str, name: str, kind: str, amount: float, unit: str, fn,
-             base: bool = False) -> None:
+             base: bool = False, setup=None) -> None:
         """Records `amount / seconds` of `fn`, timed with the rest of its group (after
         one untimed call) when the next group starts or `finish` is called. The figure
-        marked `base` is what the others of the group are divided by."""
-        self._pending.append((group, name, kind, amount, unit, fn, base))
+        marked `base` is what the others of the group are divided by. `setup`, when
+        given, runs untimed before every call (to evict the data from the page cache)."""
+        self._pending.append((group, name, kind, amount, unit, fn, base, setup))
 
     def value(self, group: str, name: str, kind: str, value: float, unit: str) -> Figure:
         """Records a figure that is not a rate (memory, a slope)."""
@@ -70,16 +71,20 @@ class Results:
     def finish(self) -> None:
         """Times the rates recorded since the last group, in rounds, and adds them."""
         pending, self._pending = self._pending, []
-        for *_, fn, _ in pending:
-            fn()  # warm: page cache, imports, traced functions
+        for *_, fn, _, setup in pending:
+            if setup is not None:
+                setup()
+            fn()  # warm: imports, traced functions (and the page cache, unless evicted)
         rates = [[] for _ in pending]
         for _ in range(self._rounds):
-            for k, (*_, amount, _, fn, _) in enumerate(pending):
+            for k, (*_, amount, _, fn, _, setup) in enumerate(pending):
+                if setup is not None:
+                    setup()
                 time.sleep(_PAUSE)
                 started = time.perf_counter()
                 fn()
                 rates[k].append(amount / (time.perf_counter() - started))
-        base = next((k for k, entry in enumerate(pending) if entry[-1]), None)
+        base = next((k for k, entry in enumerate(pending) if entry[-2]), None)
         for k, (group, name, kind, _, unit, *_) in enumerate(pending):
             ordered = sorted(rates[k])
             figure = Figure(group, name, kind, unit, statistics.median(ordered), ordered[0],
@@ -157,6 +162,21 @@ def write_rows(path: str, rows: int) -> str:
     np.save(path, np.random.default_rng(0).random((rows, ROW), dtype="float32"))
     written()
     return path
+
+
+def evict(*paths: str) -> None:
+    """Drops `paths` from the page cache (`posix_fadvise(DONTNEED)`, never the
+    system's caches), after keras_npy closes its maps of them: mapped pages are
+    not dropped. What was written must be on disk already (`written`)."""
+    from keras_npy.read import handles
+
+    handles.TABLE.clear()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def rss_anon() -> int:

@@ -28,8 +28,8 @@ def run(results: Results, root: str, gib: float, files_folder: str | None) -> No
                       mapped, "MiB")
     results.value(group, "np.load of the same file (what it would hold)", "baseline",
                   rows * ROW * 4 / 2**20, "MiB")
-    # The same bytes as files of 256 MiB, whose memory maps a reader keeps (up
-    # to 1 GiB of them): mapped page cache is resident too, though not anonymous.
+    # The same bytes as files of 256 MiB: their maps are kept too (up to 64
+    # files per process), mapped page cache resident though not anonymous.
     folder = os.path.join(root, "parts")
     os.makedirs(folder)
     per_file = 2**28 // (ROW * 4)
@@ -42,8 +42,8 @@ def run(results: Results, root: str, gib: float, files_folder: str | None) -> No
         kind = "shuffled" if shuffle else "sequential"
         results.value(group, f"NpyDataset, {kind}, 256 MiB files: RssAnon", "keras_npy", anon,
                       "MiB")
-        results.value(group, f"NpyDataset, {kind}, 256 MiB files: RssFile (kept maps)",
-                      "keras_npy", mapped, "MiB")
+        results.value(group, f"NpyDataset, {kind}, 256 MiB files: RssFile (mapped page "
+                      "cache)", "keras_npy", mapped, "MiB")
     if files_folder is not None:
         index = build_index(files_folder, y="inferred", verbose=False)
         results.value(group, "index memory, files layout, inferred labels", "keras_npy",

@@ -1,13 +1,14 @@
-"""Rows of a large array: sequential and globally shuffled batches, both front ends,
-against a plain preadv reader and the recipes people use."""
+"""Rows of a large array, from the page cache: sequential and globally shuffled
+batches, both front ends, against a plain preadv reader, the recipes people use, and
+the peers they would pick instead (a memory map, torch, Grain)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
 
+from benchmarks import peers
 from benchmarks.common import ROW, Results, consume, each, preadv_loop, write_rows
 
 
@@ -30,10 +31,7 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  "samples/s", lambda: each(mapped.__getitem__, ids))
     results.rate(group, "NpyDataset ds[i], shuffle=True", "keras_npy", samples, "samples/s",
                  lambda: each(shuffled.__getitem__, range(len(shuffled))))
-    results.rate(group, "NpyDataset ds[i], shuffle=True, a file too large to keep mapped",
-                 "keras_npy", samples, "samples/s", _as_if_too_large(
-                     NpyDataset(path, batch_size=batch, drop_remainder=True, shuffle=True,
-                                seed=0), rows))
+    _peers(results, group, path, samples, batch, ids, shuffle=True)
     if tf is not None:
         ours = npy_dataset(path, batch_size=batch, drop_remainder=True, shuffle=True, seed=0)
         results.rate(group, "npy_dataset, shuffle=True, in a tf.function", "keras_npy",
@@ -68,9 +66,9 @@ def _sequential(results: Results, path: str, rows: int, batch: int, tf) -> None:
     ds = NpyDataset(path, batch_size=batch, drop_remainder=True)
     results.rate(group, "NpyDataset ds[i]", "keras_npy", samples, "samples/s",
                  lambda: each(ds.__getitem__, range(len(ds))))
-    results.rate(group, "NpyDataset ds[i], a file too large to keep mapped", "keras_npy",
-                 samples, "samples/s",
-                 _as_if_too_large(NpyDataset(path, batch_size=batch, drop_remainder=True), rows))
+    _peers(results, group, path, samples, batch,
+           [np.arange(start, start + batch) for start in range(0, samples, batch)],
+           shuffle=False)
     if tf is None:
         return
 
@@ -120,26 +118,17 @@ def _sequential(results: Results, path: str, rows: int, batch: int, tf) -> None:
                  samples, "samples/s", consume(tf, floor))
 
 
-def _as_if_too_large(ds, rows: int):
-    """A pass over `ds` as if its file of `rows` rows were larger than the 256 MiB
-    whose maps a reader keeps: sequential rows are read by preadv, and the map
-    a shuffle gathers from is made anew after every file's worth of rows."""
-
-    def one_pass():
-        with _maps_kept_up_to(rows * ROW * 4 - 1):
-            each(ds.__getitem__, range(len(ds)))
-
-    return one_pass
-
-
-@contextlib.contextmanager
-def _maps_kept_up_to(nbytes: int):
-    """Readers keep the memory maps of files up to `nbytes`, and make those of
-    larger files anew every `nbytes` (256 MiB normally)."""
-    from keras_npy import read
-
-    saved, read._UNMAP_AFTER_BYTES = read._UNMAP_AFTER_BYTES, nbytes
-    try:
-        yield
-    finally:
-        read._UNMAP_AFTER_BYTES = saved
+def _peers(results: Results, group: str, path: str, samples: int, batch: int,
+           ids: list[np.ndarray], shuffle: bool) -> None:
+    """torch's DataLoader over a memory map (0 workers, a sampler of each batch's
+    ids) and Grain's MapDataset over a memory-mapped source, where installed."""
+    loader = peers.torch_rows_loader(path, batch, ids)
+    if loader is not None:
+        results.rate(group, "torch DataLoader over a memmap, index-array sampler",
+                     "baseline", samples, "samples/s", lambda: each(lambda b: b, loader))
+    dataset = peers.grain_rows(path, batch, shuffle)
+    if dataset is not None:
+        count = min(len(dataset), max(1, len(dataset) // 16))  # a row a call: a part
+        results.rate(group, "Grain MapDataset over a memmap source", "baseline",
+                     count * batch, "samples/s",
+                     lambda: each(dataset.__getitem__, range(count)))

@@ -130,10 +130,11 @@ class BatchSource:
             return x
         return x, self.labels.read(ids, advise)
 
-    def _ahead_ids(self, epoch: int, i: int):
+    def _ahead_ids(self, epoch: int, i: int, fresh: bool):
         """What reading batch `i` ahead reads: its samples, or with the block
-        shuffle the blocks of the windows that start in it."""
-        window = self.order.window_ids(epoch, i, new_only=True)
+        shuffle the blocks of the windows that start in it (`fresh`: of every
+        window it draws from)."""
+        window = self.order.window_ids(epoch, i, new_only=not fresh)
         return self.order.batch(epoch, i) if window is None else window
 
 

@@ -21,16 +21,25 @@ def test_the_suite_writes_every_group_and_the_plot(tmp_path):
     for expected in ["limits", "index build", "rows, sequential, batch 256",
                      "rows, sequential, batch 1024", "rows, global shuffle, batch 256",
                      "files of 1 KiB, fixed length", "files of 12 KiB, fixed length",
-                     "files of 1 KiB, variable length, padded", "model.fit", "memory", "scale"]:
+                     "files of 1 KiB, variable length, padded", "cold rows, sequential, batch 256",
+                     "cold rows, global shuffle, batch 256", "cold rows, block shuffle, batch 256",
+                     "cold files, shuffled", "cold model.fit", "cold memory", "model.fit",
+                     "memory", "scale"]:
         assert expected in groups, expected
     names = {f["name"] for f in report["figures"]}
     assert {"NpyDataset ds[i]", "npy_dataset, in a tf.function", "npy_dataset",
             "list_files + numpy_function(np.load), parallel + padded_batch",
-            "NpyDataset ds[i], a file too large to keep mapped",
             "tf.data floor: a batch made in the graph, no read",
             "PyDataset bound: one constant batch, no read",
             "NpyDataset, fit(shuffle=True): Keras' PyDataset path",
-            "NpyDataset, sequential, 256 MiB files: RssFile (kept maps)"} <= names
+            "NpyDataset, sequential, 256 MiB files: RssFile (mapped page cache)",
+            "cold random 1 KiB preads, 64 threads", "NpyDataset ds[i], shuffle=\"block\"",
+            "block shuffle: pairs of a batch from one block of 1024 rows",
+            "NpyDataset, block shuffle: RssAnon growth",
+            "os.open + os.readv + os.close loop, one buffer",
+            "torch DataLoader over a memmap, index-array sampler",
+            "Grain MapDataset over a memmap source",
+            "NpyDataset ds[i], 2 worker processes"} <= names
     for figure in report["figures"]:
         assert figure["low"] <= figure["median"] <= figure["high"], figure
         if figure["kind"] != "limit" and figure["unit"].endswith("/s") and (

@@ -527,7 +527,7 @@ def test_a_file_cut_short_under_worker_threads_names_it_and_leaks_nothing(tmp_pa
 
     from keras_npy.read import handles
 
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
     threads, fds = set(threading.enumerate()), len(os.listdir("/proc/self/fd"))
     x = np.arange(4096 * 16, dtype="float32").reshape(4096, 16)
     path = _save(str(tmp_path / "x.npy"), x)
@@ -550,5 +550,5 @@ def test_a_file_cut_short_under_worker_threads_names_it_and_leaks_nothing(tmp_pa
     while set(threading.enumerate()) - threads and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not set(threading.enumerate()) - threads
-    handles.TABLE._files.clear()  # the process' table of open files, bounded, shared
+    handles.TABLE.clear()  # the process' table of open files, bounded, shared
     assert len(os.listdir("/proc/self/fd")) <= fds

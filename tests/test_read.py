@@ -17,11 +17,11 @@ from helpers import save as _save
 def maps(request, monkeypatch):
     """Rows read from guarded memory maps, or with preadv where maps are not
     guarded; no open file is shared with another test."""
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
     if request.param == "preadv":
         monkeypatch.setattr(guard._GUARD, "_usable", False)
     yield request.param
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
 
 
 @pytest.fixture
@@ -307,7 +307,7 @@ def test_prefetch_asks_for_what_is_not_in_the_page_cache(tmp_path, maps):
 
 
 def _evict(path):
-    handles.TABLE._files.clear()  # a map keeps its pages in; drop ours first
+    handles.TABLE.clear()  # a map keeps its pages in; drop ours first
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

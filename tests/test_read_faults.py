@@ -21,11 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(params=["maps", "preadv"])
 def maps(request, monkeypatch):
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
     if request.param == "preadv":
         monkeypatch.setattr(guard._GUARD, "_usable", False)
     yield request.param
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
 
 
 @pytest.fixture
@@ -269,7 +269,7 @@ def _open_fds() -> int:
 
 def test_open_files_and_maps_are_bounded_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(handles, "MAX_OPEN_FILES", 8)
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
     before = _open_fds()
     readers = []
     for k in range(30):  # readers kept alive, as pipelines that TensorFlow keeps
@@ -282,5 +282,13 @@ def test_open_files_and_maps_are_bounded_per_process(tmp_path, monkeypatch):
         assert len(handles.TABLE) <= 8 and _open_fds() <= before + 2 * 8
     for k, reader in enumerate(readers):  # evicted files are opened again, and checked
         np.testing.assert_array_equal(reader.read(range(0, 64))[:, 0], k)
-    handles.TABLE._files.clear()
+    handles.TABLE.clear()
     assert _open_fds() == before
+
+
+def test_a_per_sample_file_rewritten_with_other_header_bytes_of_the_same_meaning(samples):
+    index, arrays = samples
+    with open(index.paths[1], "wb") as f:  # format 2.0: other bytes, the same array
+        np.lib.format.write_array(f, arrays[1] * 3, version=(2, 0))
+    batch = BatchReader(index, Padding()).read(np.array([0, 1, 2]))
+    np.testing.assert_array_equal(batch, np.stack([arrays[0], arrays[1] * 3, arrays[2]]))

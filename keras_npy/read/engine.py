@@ -36,6 +36,9 @@ from keras_npy.read.padding import Padding, check_pad_value
 
 #: Times a part is read again after its map faulted, before giving up.
 _ATTEMPTS = 3
+#: Stretches of bytes probed one by one before a batch is read ahead (the
+#: blocks of a window of the block shuffle); more are probed by a sample.
+_PROBES, _SAMPLE = 64, 8
 #: Reads between checks that the SIGBUS handler is still ours.
 _GUARD_CHECK_EVERY = 256
 _PAGE = 4096
@@ -152,37 +155,42 @@ class BatchReader:
     # Per-sample files.
 
     def _read_files(self, ids: np.ndarray, advise: bool) -> np.ndarray:
-        index = self.index
+        index, n = self.index, len(ids)
         shapes = index.sample_shapes(ids)
         target = self.padding.target_shape(self.axes, shapes)
-        fill = len(ids) > 0 and bool((shapes != np.array(target, np.int64)).any())
-        out = self._allocate(len(ids), target, fill)
-        if advise and len(ids):
+        fill = n > 0 and bool((shapes != np.array(target, np.int64)).any())
+        out = self._allocate(n, target, fill)
+        if n == 0:
+            return out
+        if advise:
             _prefetch_files(index, ids)
-        direct = self.stored == self.native
-        # Python lists, not numpy scalars, in the per-file loop: it is most of the cost.
-        paths, offsets = index.paths.select(ids), index.data_offsets[ids].tolist()
-        fortran, crcs = index.fortran_order[ids].tolist(), index.header_crc32[ids].tolist()
-        shapes = list(map(tuple, shapes.tolist()))
-        target = tuple(target)
-        itemsize, pre = self.stored.itemsize, self.padding.padding == "pre"
-        for k, (path, offset, shape) in enumerate(zip(paths, offsets, shapes)):
-            head, nbytes = bytearray(offset), math.prod(shape) * itemsize
-            if direct and not fortran[k] and shape[1:] == target[1:] and (
-                    shape[:1] <= target[:1]):
-                # Padded (if at all) on the first axis only: the sample's place in
-                # the slot is contiguous, so it is read straight there.
-                if not shape:  # a 0-d sample: its slot, as a 1-element view
-                    slot = out[k:k + 1]
-                else:
-                    slot = out[k][target[0] - shape[0]:] if pre else out[k][:shape[0]]
-                found = local.read_whole(path, head, [local.byte_view(slot)], nbytes)
-                _check_sample(index, ids[k], path, head, found, nbytes, crcs[k])
-                continue
-            raw = np.empty(nbytes, np.uint8)
-            found = local.read_whole(path, head, [memoryview(raw)], nbytes)
-            _check_sample(index, ids[k], path, head, found, nbytes, crcs[k])
-            scratch = raw.view(self.stored).reshape(shape, order="F" if fortran[k] else "C")
+        itemsize = self.stored.itemsize
+        nbytes = np.prod(shapes, axis=1) * itemsize
+        # A sample goes straight into its slot when it needs no conversion and is
+        # padded (if at all) on its first axis only: its place is one stretch of
+        # the slot's bytes (at the start, or at the end with padding="pre").
+        direct = (~index.fortran_order[ids]) & (shapes[:, 1:] == target[1:]).all(axis=1) & (
+            shapes[:, 0] <= target[0] if shapes.shape[1] else True)
+        direct &= self.stored == self.native
+        slots = out.reshape(n, -1).view(np.uint8)
+        row = slots.shape[1]
+        starts = (row - nbytes) if self.padding.padding == "pre" else np.zeros(n, np.int64)
+        buffers = [slots[k, a:a + b] if d else np.empty(b, np.uint8) for k, (d, a, b) in
+                   enumerate(zip(direct.tolist(), starts.tolist(), nbytes.tolist()))]
+        paths, heads = index.paths.select(ids), index.data_offsets[ids].tolist()
+        sizes, crcs = nbytes.tolist(), index.header_crc32[ids].tolist()
+        done = 0
+        while done < n:
+            bad = local.read_samples(paths[done:], heads[done:], buffers[done:], sizes[done:],
+                                     crcs[done:])
+            if bad < 0:
+                break
+            _check_changed(index, int(ids[done + bad]))  # raises unless the data read are right
+            done += bad + 1
+        for k in np.flatnonzero(~direct).tolist():  # converted, or padded inside
+            shape = tuple(shapes[k].tolist())
+            scratch = buffers[k].view(self.stored).reshape(
+                shape, order="F" if index.fortran_order[ids[k]] else "C")
             source, destination = self.padding.placement(shape, target)
             out[(k, *destination)] = scratch[source]
         return out
@@ -305,8 +313,8 @@ class _RowFiles:
                              facts.data_offset + int(ordered[a]) * self.row_nbytes)
 
     def prefetch(self, parts: list) -> int:
-        """Advises the kernel of the bytes of `parts` that probes do not find in
-        the page cache; returns the pages asked for."""
+        """Advises the kernel of the stretches of bytes of `parts` that probes
+        do not find in the page cache; returns the pages asked for."""
         pages = 0
         for part in parts:
             f = part.file
@@ -314,19 +322,28 @@ class _RowFiles:
                 continue  # strided rows: a stretch per element is not worth asking for
             facts = self.facts[f]
             fd = TABLE.get(self.keys[f], facts).fd
-            if isinstance(part, plan.Run):
-                first, last = part.row, part.row + part.count - 1
-            else:
-                first, last = int(part.rows[0]), int(part.rows[-1])
-            start = facts.data_offset
-            if (local.cached(fd, start + first * self.row_nbytes)
-                    and local.cached(fd, start + (last + 1) * self.row_nbytes - 1)):
-                continue
             offsets, lengths = plan.row_extents(part, self.row_nbytes)
-            for offset, length in zip((offsets + start).tolist(), lengths.tolist()):
+            offsets = offsets + facts.data_offset
+            for k in _unless_cached(fd, offsets, lengths):
+                offset, length = int(offsets[k]), int(lengths[k])
                 local.advise(fd, offset, length)
                 pages += -(-(offset % _PAGE + length) // _PAGE)
         return pages
+
+
+def _unless_cached(fd: int, offsets: np.ndarray, lengths: np.ndarray):
+    """The stretches to ask for: those whose middle byte is not in the page
+    cache (the first and last pages of a stretch may be shared with its
+    neighbours, read for them). More than `_PROBES` stretches (scattered rows)
+    are probed by a sample of `_SAMPLE`: all of them are asked for unless
+    every probe finds its stretch cached."""
+    middles = (offsets + lengths // 2).tolist()
+    if len(middles) <= _PROBES:
+        return [k for k, offset in enumerate(middles) if not local.cached(fd, offset)]
+    sample = np.linspace(0, len(middles) - 1, _SAMPLE).astype(int).tolist()
+    if all(local.cached(fd, middles[k]) for k in sample):
+        return []
+    return range(len(middles))
 
 
 def _slots(part) -> np.ndarray:
@@ -379,23 +396,24 @@ def _files_cached(paths: list[str]) -> bool:
     return True
 
 
-def _check_sample(index: FileIndex, i, path: str, head: bytearray, found: int, nbytes: int,
-                  crc: int) -> None:
-    """A per-sample file must be as indexed: size and header."""
-    if found == len(head) + nbytes and local.header_crc32(head) == crc:
-        return
+def _check_changed(index: FileIndex, i: int) -> None:
+    """Per-sample file `i` was not read as indexed (its size, or its header's
+    bytes, differ): raises the error that says what it holds now, unless its
+    header, read again, says what the index says (the bytes of a header can
+    change without its meaning: the data read are then right)."""
     from keras_npy.header import read_header
 
-    shape, fortran = tuple(index.shapes[int(i)].tolist()), bool(index.fortran_order[int(i)])
+    path = index.paths[i]
+    shape, fortran = tuple(index.shapes[i].tolist()), bool(index.fortran_order[i])
     expected = f"dtype {index.dtype} and shape {shape}"
     try:
         now = read_header(path)
     except ValueError as e:
         raise ValueError(f"{e} (Indexed with {expected}; the file changed after the dataset "
                          "was built.)") from e
-    if (found == len(head) + nbytes and now.data_offset == len(head)
-            and (now.dtype, now.shape, now.fortran_order) == (index.dtype, shape, fortran)):
-        return  # the header's bytes changed, not what it says: the data read are right
+    if ((now.dtype, now.shape, now.fortran_order) == (index.dtype, shape, fortran)
+            and now.data_offset == int(index.data_offsets[i])):
+        return
     raise ValueError(f"{path}: expected {expected} as when the dataset was built, found "
                      f"dtype {now.dtype} and shape {now.shape}; the file changed after the "
                      "dataset was built.")
