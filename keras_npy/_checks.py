@@ -111,3 +111,17 @@ def check_read_ahead_bytes(read_ahead_bytes) -> None:
             read_ahead_bytes, numbers.Integral) or read_ahead_bytes < 0:
         raise ValueError("`read_ahead_bytes` must be a non-negative integer. "
                          f"Received: read_ahead_bytes={read_ahead_bytes!r}")
+
+
+def check_dtype(dtype) -> None:
+    """`dtype`, the dtype batches are cast to: `None`, or a numeric dtype."""
+    if dtype is None:
+        return
+    try:
+        kind = np.dtype(dtype).kind
+    except Exception as e:  # TypeError, and SyntaxError for some strings
+        raise TypeError(f"`dtype` must be None or a numeric dtype. Received: dtype={dtype!r}"
+                        ) from e
+    if kind not in "biufc":
+        raise TypeError(f"`dtype` must be None or a numeric dtype (bool, integer, float or "
+                        f"complex). Received: dtype={dtype!r}")

@@ -39,6 +39,7 @@ def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=
     order_lib.check_order_arguments(batch_size, shuffle, seed, validation_split, subset,
                                     num_shards, shard_index, drop_remainder, bucket_boundaries)
     _checks.check_block_shuffle(shuffle, shuffle_block_size, shuffle_window)
+    _checks.check_dtype(dtype)
     _checks.check_read_ahead_bytes(read_ahead_bytes)
     check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
     if index is None:
@@ -160,12 +161,19 @@ class Labels:
             self.reader = BatchReader(index.y, padding, None, "y")
 
     def _check_array_labels(self) -> None:
-        if self.label_mode == "categorical" and self.num_classes is None:
-            if self.values.dtype.kind not in "iub" or self.values.ndim != 1:
-                raise ValueError('label_mode="categorical" one-hot encodes integer class ids; '
-                                 f"`y` has dtype {self.values.dtype} and shape "
-                                 f"{self.values.shape}.")
+        if self.label_mode != "categorical":
+            return
+        if self.values.dtype.kind not in "iub" or self.values.ndim != 1:
+            raise ValueError('label_mode="categorical" one-hot encodes integer class ids; '
+                             f"`y` has dtype {self.values.dtype} and shape "
+                             f"{self.values.shape}.")
+        if self.num_classes is None:
             self.num_classes = int(self.values.max()) + 1 if len(self.values) else 0
+        bad = np.flatnonzero((self.values < 0) | (self.values >= self.num_classes))
+        if len(bad):  # a one-hot row of a class that does not exist
+            raise ValueError(f'label_mode="categorical" one-hot encodes class ids from 0 to '
+                             f"{self.num_classes - 1}; `y` holds {self.values[bad[0]]} for "
+                             f"sample {bad[0]}.")
 
     def element_spec(self) -> tuple[tuple[int | None, ...], np.dtype] | None:
         """`(shape of one label, dtype)`, or `None` when batches have no labels."""

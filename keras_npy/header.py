@@ -28,6 +28,10 @@ What this module refuses, and why:
   (a fast exact pattern for what NumPy writes, else `ast.literal_eval`);
 - missing, extra or mistyped keys, negative dimensions, or booleans used as
   dimensions (`True` is an `int` to Python, not to us);
+- shapes NumPy cannot make: more than `MAX_DIMS` dimensions, a dimension
+  past the largest array index, or nonzero dimensions whose product of bytes
+  is past it (NumPy's own limits: an empty array may declare a huge shape,
+  but not an impossible one);
 - dtypes that are not numbers: object arrays (whose data is a pickle, which
   could run code), structured, string, void, datetime and subarray dtypes;
 - a file whose size is not exactly the header plus the data its shape
@@ -35,7 +39,11 @@ What this module refuses, and why:
   alone, before any data is read or any memory is allocated for it.
 
 Every refusal is a `ValueError` that starts with the file's path and says what
-was expected and what was found.
+was expected and what was found. A header this reader accepts is one that
+`np.load(path, allow_pickle=False)` reads to the same dtype, shape and order
+(the tests check it against NumPy's reader on generated and mutated headers);
+it refuses some that NumPy reads: non-numeric dtypes, Python 2 headers, and
+files with bytes after the data.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ import numpy as np
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER_SIZE = 10_000
+#: NumPy's limits: dimensions of an array, and its largest index (and bytes).
+MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+MAX_INDEX = int(np.iinfo(np.intp).max)
 # Bytes read by the first (usually only) read of a file: NumPy pads its
 # headers to 128 bytes, so one read covers the preamble and the header.
 _FIRST_READ = 512
@@ -63,7 +74,8 @@ _KEYS = ("descr", "fortran_order", "shape")
 # slower, equally strict `ast.literal_eval` path.
 _CANONICAL = re.compile(
     r"\{'descr': '([<>|=]?[a-zA-Z?][0-9]*)', 'fortran_order': (True|False), "
-    r"'shape': \((|[0-9]{1,20},|[0-9]{1,20}(?:, [0-9]{1,20})+)\), \} *\n?\Z")
+    r"'shape': \((|(?:0|[1-9][0-9]{0,19}),|(?:0|[1-9][0-9]{0,19})(?:, (?:0|[1-9][0-9]{0,19}))+)"
+    r"\), \} *\n?\Z")
 _NUMERIC_KINDS = "biufc"
 # The descr strings NumPy writes for numeric dtypes, in both byte orders:
 # a look-up is ~20x faster than np.dtype(descr) and needs no checks after it.
@@ -191,7 +203,8 @@ def _parse_header(path: str, text: str) -> tuple[np.dtype, bool, tuple[int, ...]
     parsed = _parse_canonical(text)
     if parsed is not None:
         descr, fortran_order, shape = parsed
-        return _check_descr(path, descr), fortran_order, shape
+        dtype = _check_descr(path, descr)
+        return dtype, fortran_order, _check_size(path, dtype, shape)
     header = _literal(path, text)
     if not isinstance(header, dict):
         raise ValueError(f"{path}: expected the header to be a dict, found "
@@ -199,9 +212,9 @@ def _parse_header(path: str, text: str) -> tuple[np.dtype, bool, tuple[int, ...]
     if sorted(header) != sorted(_KEYS) or len(header) != 3:
         raise ValueError(f"{path}: expected the header keys {list(_KEYS)}, found "
                          f"{sorted(map(str, header))}.")
-    return (_check_descr(path, header["descr"]),
-            _check_fortran_order(path, header["fortran_order"]),
-            _check_shape(path, header["shape"]))
+    dtype = _check_descr(path, header["descr"])
+    fortran_order = _check_fortran_order(path, header["fortran_order"])
+    return dtype, fortran_order, _check_size(path, dtype, _check_shape(path, header["shape"]))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -216,10 +229,13 @@ def _parse_canonical(text: str) -> tuple[str, bool, tuple[int, ...]] | None:
 
 
 def _literal(path: str, text: str) -> object:
-    """Parses a Python literal; no name is looked up and no code is run."""
+    """Parses a Python literal; no name is looked up and no code is run. The
+    text is given as it is, as NumPy gives it (`literal_eval` drops leading
+    spaces and tabs; other characters, a non-breaking space among them, are
+    the parser's to refuse)."""
     try:
-        return ast.literal_eval(text.strip())
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        return ast.literal_eval(text)
+    except Exception as e:  # SyntaxError, ValueError, MemoryError, RecursionError, ...
         raise ValueError(f"{path}: expected the header to be a Python literal dict, "
                          f"found {_clip(text)} ({type(e).__name__}).") from e
 
@@ -233,7 +249,7 @@ def _check_descr(path: str, descr: object) -> np.dtype:
                          f"(descr={descr!r}); only numeric arrays are read.")
     try:
         dtype = np.dtype(descr)
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # TypeError, ValueError, and for some strings SyntaxError
         raise ValueError(f"{path}: expected a numeric dtype, found descr={descr!r}, "
                          "which is not a dtype.") from e
     if dtype.kind not in _NUMERIC_KINDS or dtype.shape or dtype.names:
@@ -255,6 +271,19 @@ def _check_shape(path: str, shape: object) -> tuple[int, ...]:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ValueError(f"{path}: expected 'shape' to be a tuple of non-negative ints, "
                          f"found {shape!r}.")
+    return shape
+
+
+def _check_size(path: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy's limits on a shape, which hold for empty arrays too."""
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"{path}: expected at most {MAX_DIMS} dimensions, found "
+                         f"{len(shape)}.")
+    nonzero = math.prod(d for d in shape if d) * dtype.itemsize
+    if max(shape, default=0) > MAX_INDEX or nonzero > MAX_INDEX:
+        raise ValueError(f"{path}: expected a shape NumPy can make (each dimension, and the "
+                         f"bytes of the nonzero ones, at most {MAX_INDEX}), found "
+                         f"{_clip(str(shape))} of dtype {dtype}.")
     return shape
 
 

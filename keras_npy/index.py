@@ -173,6 +173,11 @@ class RowIndex:
                 raise ValueError(
                     f"{header.path}: expected rows of shape {first.shape[1:]} like "
                     f"{first.path}, found rows of shape {header.shape[1:]}.")
+            if header.shape[0] and not math.prod(header.shape[1:]):
+                # Samples without data, as many as the header says: refused, for
+                # an empty array may declare any number of them.
+                raise ValueError(f"{header.path}: expected rows that hold data, found "
+                                 f"{header.shape[0]} rows of shape {header.shape[1:]}.")
         rows = [h.shape[0] for h in headers]
         return cls(paths, first.dtype, first.shape[1:],
                    np.array([h.data_offset for h in headers], np.int64),

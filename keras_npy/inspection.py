@@ -71,9 +71,12 @@ def inspect_source(source: str, *, follow_links: bool = False,
     Raises:
         ValueError: `source` does not exist or holds no `.npy` file.
     """
-    paths = sources.find_files(source, follow_links=follow_links, name="PATH")
+    unreadable = []
+    paths = sources.find_files(source, follow_links=follow_links, name="PATH",
+                               problems=unreadable)
     single = len(paths) == 1 and os.path.isfile(source)
-    report = Inspection(source, "rows" if single else "files", num_files=len(paths))
+    report = Inspection(source, "rows" if single else "files", num_files=len(paths),
+                        problems=unreadable)
     headers = []
     progress = index_lib.Progress(len(paths), verbose)
     for i, path in enumerate(paths):
@@ -129,9 +132,9 @@ def _check_agreement(headers: list, report: Inspection) -> None:
 
 
 def _shape_lines(report: Inspection) -> list[str]:
-    shapes = np.array(report.shapes, dtype=np.int64).reshape(len(report.shapes), -1)
-    if not len(shapes):
+    if not report.shapes:  # every file has a problem
         return []
+    shapes = np.array(report.shapes, dtype=np.int64).reshape(len(report.shapes), -1)
     if report.layout == "rows":
         shape = tuple(int(d) for d in shapes[0])
         return [f"shape: {shape}: rows of shape {shape[1:]}"]

@@ -60,7 +60,9 @@ def infer_classes(paths: sources.PathTable,
     Args:
         paths: the files of `x`.
         class_names: the classes in label order, or `None` for the sorted names
-            of the folders found.
+            of the class folders: those that hold files, and, as Keras'
+            `image_dataset_from_directory` counts them, every other folder
+            (not hidden) directly under a directory of `x`, empty or not.
 
     Returns:
         `(labels, class_names)`: an `int32` array of one label per file, and the
@@ -80,24 +82,39 @@ def infer_classes(paths: sources.PathTable,
             label = found[folder] = len(found)
             first_files.append(paths[i])
         provisional[i] = label
+    folders = set(found) | _subfolders(paths)
     if class_names is None:
-        class_names = sorted(found)
-    _check_folders_listed(found, first_files, class_names)
+        class_names = sorted(folders)
+    _check_folders_listed(found, first_files, class_names, folders)
     remap = np.array([class_names.index(n) for n in found], np.int32)
     return remap[provisional], class_names
 
 
+def _subfolders(paths: sources.PathTable) -> set[str]:
+    """The folders (not hidden) directly under the directories of `x`: empty
+    class folders are classes too, as in Keras."""
+    folders = set()
+    for root, kind in zip(paths.roots, paths.kinds):
+        if kind != sources.DIRECTORY:
+            continue
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and sources.is_dir(entry):
+                    folders.add(entry.name)
+    return folders
+
+
 def _check_folders_listed(found: dict[str, int], first_files: list[str],
-                          class_names: list[str]) -> None:
+                          class_names: list[str], folders: set[str]) -> None:
     for folder, label in found.items():
         if folder not in class_names:
             raise ValueError(f"`class_names` must list every class folder; found folder "
                              f"{folder!r} ({first_files[label]}), which is not in "
                              f"class_names={class_names}.")
     for name in class_names:
-        if name not in found:
-            raise ValueError(f"`class_names` lists {name!r}, but no file is in a folder of "
-                             f"that name. Found folders: {sorted(found)}.")
+        if name not in folders:
+            raise ValueError(f"`class_names` lists {name!r}, but there is no folder of that "
+                             f"name. Found folders: {sorted(folders)}.")
 
 
 def check_label_array(y, num_samples: int, x_name: str = "x") -> np.ndarray:

@@ -108,7 +108,8 @@ class PathTableBuilder:
                          np.frombuffer(self._offsets, np.int64).copy())
 
 
-def find_files(source, *, follow_links: bool = False, name: str = "x") -> PathTable:
+def find_files(source, *, follow_links: bool = False, name: str = "x",
+               problems: list | None = None) -> PathTable:
     """Lists the files of a source in a fixed, sorted order.
 
     Args:
@@ -121,17 +122,22 @@ def find_files(source, *, follow_links: bool = False, name: str = "x") -> PathTa
         follow_links: whether the walk of a directory enters symbolic links to
             folders. Defaults to `False`. Link cycles are entered once.
         name: the argument's name, for error messages. Defaults to `"x"`.
+        problems: `None`, for a folder entry that cannot be read (a link
+            that loops, a folder without permission) to raise the error that
+            names it; or a list, to which `(path, reason)` is appended for
+            each, the walk going on. Defaults to `None`.
 
     Returns:
         A `PathTable`.
 
     Raises:
         TypeError: `source` is not a path or a list of paths.
-        ValueError: a path does not exist, or a directory or glob has no file.
+        ValueError: a path does not exist, a directory or glob has no file,
+            or an entry of a directory cannot be read.
     """
     builder = PathTableBuilder()
     for entry in _entries(source, name):
-        kind, root, relpaths = _resolve(entry, follow_links, name)
+        kind, root, relpaths = _resolve(entry, follow_links, name, problems)
         root_id = builder.add_root(root, kind)
         count = len(builder)
         for relpath in relpaths:
@@ -162,10 +168,11 @@ def _entries(source, name: str) -> list[str]:
     return [os.fspath(e) for e in entries]
 
 
-def _resolve(entry: str, follow_links: bool, name: str) -> tuple[str, str, Iterator[str]]:
+def _resolve(entry: str, follow_links: bool, name: str,
+             problems: list | None) -> tuple[str, str, Iterator[str]]:
     """Returns `(kind, root, relative paths)` for one entry."""
     if os.path.isdir(entry):
-        return DIRECTORY, entry, _walk(entry, follow_links)
+        return DIRECTORY, entry, _walk(entry, follow_links, problems)
     if os.path.isfile(entry):
         return FILE, os.path.dirname(entry), iter([os.path.basename(entry)])
     if glob.has_magic(entry):
@@ -187,36 +194,60 @@ def _glob_root(pattern: str) -> str:
     return os.sep.join(fixed) or ("/" if pattern.startswith(os.sep) else ".")
 
 
-def _walk(root: str, follow_links: bool) -> Iterator[str]:
+def is_dir(entry: os.DirEntry) -> bool:
+    """Whether a directory entry is a folder or a link to one (as
+    `os.path.isdir` says: an entry that cannot be read is not)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _walk(root: str, follow_links: bool, problems: list | None) -> Iterator[str]:
     """Yields the `.npy` files under `root` as relative paths, in sorted order.
 
     Entries of a folder are sorted by name and visited in that order, files
     yielded and folders entered as they come: the order of the relative paths
     sorted as tuples of components, with one folder's listing held at a time.
+    An entry that cannot be read raises the error that names it, or is
+    appended to `problems` and skipped.
     """
     seen = set()
+
+    def unreadable(path: str, error: OSError) -> None:
+        reason = f"cannot read the directory entry: {error.strerror}"
+        if problems is None:
+            raise ValueError(f"{path}: {reason}.") from error
+        problems.append((path, reason))
 
     def listing(folder_path: str, prefix: str):
         try:
             stat = os.stat(folder_path)
-        except OSError:
+            if (stat.st_dev, stat.st_ino) in seen:  # a link cycle
+                return iter(())
+            seen.add((stat.st_dev, stat.st_ino))
+            with os.scandir(folder_path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            unreadable(folder_path, e)
             return iter(())
-        if (stat.st_dev, stat.st_ino) in seen:  # a link cycle
-            return iter(())
-        seen.add((stat.st_dev, stat.st_ino))
-        with os.scandir(folder_path) as it:
-            entries = sorted(it, key=lambda e: e.name)
         return ((prefix, e) for e in entries)
 
     stack = [listing(root, "")]
     while stack:
         for prefix, entry in stack[-1]:
             relpath = prefix + entry.name
-            if entry.is_dir(follow_symlinks=follow_links):
+            try:
+                folder = entry.is_dir(follow_symlinks=follow_links)
+                npy = not folder and entry.name.lower().endswith(".npy") and entry.is_file()
+            except OSError as e:  # a link that loops, or points where we may not look
+                unreadable(entry.path, e)
+                continue
+            if folder:
                 if not entry.name.startswith("."):
                     stack.append(listing(entry.path, relpath + os.sep))
                     break
-            elif entry.name.lower().endswith(".npy") and entry.is_file():
+            elif npy:
                 yield relpath
         else:
             stack.pop()

@@ -64,7 +64,9 @@ def sample_statistics(index: FileIndex | RowIndex, ids: np.ndarray, axis=-1, *,
         `(mean, variance)`, float64 arrays of the kept axes' shape.
 
     Raises:
-        ValueError: `axis` is out of range or names an axis whose size varies.
+        ValueError: `axis` is out of range or names an axis whose size varies,
+            or a sample holds a NaN or an infinity (the message names its file,
+            sample and feature).
     """
     kept = _kept_axes(axis, index.sample_ndim, index.sample_shape, name)
     reader = BatchReader(index, Padding("longest" if index.sample_ndim else None), name=name)
@@ -72,7 +74,9 @@ def sample_statistics(index: FileIndex | RowIndex, ids: np.ndarray, axis=-1, *,
     progress = index_lib.Progress(len(ids), verbose)
     pending, pending_bytes = [], 0
     for chunk in _chunks(index, ids):
-        pending.append(_rows_of(reader.read(chunk), kept))  # one shape per chunk
+        batch = reader.read(chunk)
+        _check_finite(index, chunk, batch, kept, name)
+        pending.append(_rows_of(batch, kept))  # one shape per chunk
         pending_bytes += pending[-1].nbytes
         if pending_bytes >= _CHUNK_BYTES:
             moments.add(np.concatenate(pending))
@@ -83,6 +87,26 @@ def sample_statistics(index: FileIndex | RowIndex, ids: np.ndarray, axis=-1, *,
     if moments.mean is None:
         raise ValueError(f"{name} has no values to compute statistics from.")
     return moments.mean, moments.variance()
+
+
+def _check_finite(index, ids: np.ndarray, batch: np.ndarray, kept: tuple[int, ...],
+                  name: str) -> None:
+    """Statistics of data holding NaN or infinities are NaN: refused, naming
+    the first such value's file, sample and feature (its position on the kept
+    axes)."""
+    if batch.dtype.kind not in "fc" or np.isfinite(batch).all():
+        return
+    where = np.argwhere(~np.isfinite(batch))[0]
+    sample, position = int(ids[where[0]]), tuple(int(p) for p in where[1:])
+    feature = tuple(position[k] for k in kept)
+    if isinstance(index, RowIndex):
+        f = int(np.searchsorted(index.row_starts, sample, side="right") - 1)
+        place = f"{index.paths[f]}: row {sample - int(index.row_starts[f])}"
+    else:
+        place = f"{index.paths[sample]}: the sample"
+    raise ValueError(f"{place} of {name} holds {batch[tuple(where)]} at position {position} "
+                     f"(feature {feature if len(feature) != 1 else feature[0]} of the "
+                     "statistics); mean and variance need finite values.")
 
 
 def _kept_axes(axis, ndim: int, shape, name: str) -> tuple[int, ...]:

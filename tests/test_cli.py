@@ -70,6 +70,55 @@ def test_inspect_lists_every_bad_file_and_fails(tree):
     ]
 
 
+def _write_header(path, text):
+    encoded = text.encode("latin1")
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(encoded).to_bytes(2, "little") + encoded)
+    return path
+
+
+def test_inspect_lists_hostile_entries_as_problems(tmp_path):
+    root = tmp_path / "tree"
+    good = _save(str(root / "a" / "0.npy"), np.zeros((2, 3), "float32"))
+    os.symlink("loop.npy", root / "a" / "loop.npy")  # a link to itself
+    huge = _write_header(str(root / "a" / "huge.npy"), "{'descr': '<f4', 'fortran_order': "
+                         "False, 'shape': (0, 1180591620717411303424), }")
+    comma = _write_header(str(root / "a" / "comma.npy"),
+                          "{'descr': ',', 'fortran_order': False, 'shape': (0,), }")
+    done = _run("inspect", root, "--quiet")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.split("problems: 3\n")[1].splitlines() == [
+        f"  {root / 'a' / 'loop.npy'}: cannot read the directory entry: Too many levels of "
+        "symbolic links",
+        f"  {comma}: expected a numeric dtype, found descr=',', which is not a dtype.",
+        f"  {huge}: expected a shape NumPy can make (each dimension, and the bytes of the "
+        "nonzero ones, at most 9223372036854775807), found '(0, 1180591620717411303424)' of "
+        "dtype float32.",
+    ]
+    assert done.stdout.startswith(f"{root}: 3 .npy files") and good
+
+
+def test_inspect_a_tree_where_every_file_is_bad(tmp_path):
+    root = tmp_path / "bad"
+    truncated = _save(str(root / "a" / "0.npy"), np.zeros((4, 3), "float32"))
+    with open(truncated, "r+b") as f:
+        f.truncate(130)
+    text = str(root / "a" / "t.npy")
+    with open(text, "w") as f:
+        f.write("not an array")
+    done = _run("inspect", root, "--quiet")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "samples: 0 (one per file)",
+        "classes: 1: a (2)",
+        "problems: 2",
+        f"  {truncated}: expected 48 data bytes for shape (4, 3) of dtype float32, found 2; "
+        "the file is truncated.",
+        f"  {text}: expected a .npy file starting with the magic string b'\\x93NUMPY', found "
+        "b'not an'.",
+    ]
+
+
 def test_inspect_a_rows_file_and_a_missing_path(tmp_path):
     path = _save(str(tmp_path / "x.npy"), np.zeros((1000, 16), ">i2"))
     done = _run("inspect", path)

@@ -201,6 +201,25 @@ def test_dtype_cast_and_batch_index_errors(rows_file):
     assert str(info.value) == "Batch index must be an integer. Received: 1.0"
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(y=np.array([0, 1, -1] + [0] * 100), label_mode="categorical"), ValueError,
+     'label_mode="categorical" one-hot encodes class ids from 0 to 1; `y` holds -1 for '
+     "sample 2."),
+    (dict(dtype="bogus"), TypeError,
+     "`dtype` must be None or a numeric dtype. Received: dtype='bogus'"),
+    (dict(dtype="U3"), TypeError, "`dtype` must be None or a numeric dtype (bool, integer, "
+                                  "float or complex). Received: dtype='U3'"),
+    (dict(pad_to=(4,), pad_value=1e40), ValueError,
+     "`pad_value` must be representable in the data's dtype float32. Received: "
+     "pad_value=1e+40"),
+])
+def test_bad_values_are_refused_when_the_dataset_is_built(rows_file, kwargs, error, message):
+    path, _ = rows_file
+    with pytest.raises(error) as info:
+        NpyDataset(path, **kwargs)
+    assert str(info.value) == message
+
+
 def test_bad_arguments_name_the_argument(rows_file):
     path, _ = rows_file
     with pytest.raises(ValueError) as info:

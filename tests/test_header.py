@@ -292,3 +292,196 @@ def test_canonical_fast_path_and_literal_path_agree(tmp_path):
     assert header_lib._CANONICAL.match(text)
     assert header_lib._parse_header(str(path), " " + text) == (
         fast.dtype, fast.fortran_order, fast.shape)
+
+
+# The reader against NumPy's: whatever NumPy says a header is, the reader says
+# the same or refuses it with a ValueError that names the file; it never
+# accepts what NumPy refuses, and never raises anything else.
+
+try:  # NumPy's own reader of a header, for all three versions
+    from numpy.lib._format_impl import _read_array_header as _NUMPY_HEADER_READER
+except ImportError:  # NumPy 1.x
+    from numpy.lib.format import _read_array_header as _NUMPY_HEADER_READER
+
+
+def _preamble(text: bytes, version: tuple[int, int]) -> bytes:
+    length = struct.pack("<H" if version[0] == 1 else "<I", len(text))
+    return header_lib.MAGIC + bytes(version) + length + text
+
+
+def _numpy_says(path):
+    """`(dtype, shape, fortran_order)` as NumPy reads the file, or `None` when
+    NumPy refuses it (any exception, as `np.load` raises many kinds)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            array = np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = _NUMPY_HEADER_READER(f, version)
+    except Exception:
+        return None
+    if not isinstance(array, np.ndarray):
+        return None
+    return dtype, shape, fortran
+
+
+def _claimed_bytes(head: bytes, version) -> int:
+    """The data bytes that NumPy reads a header to claim (0 when it cannot read
+    it, or when that is more than a test should write)."""
+    import warnings
+
+    stream = io.BytesIO(head)
+    stream.seek(6 + 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shape, _, dtype = _NUMPY_HEADER_READER(stream, version)
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    except Exception:
+        return 0
+    return nbytes if 0 <= nbytes < 2**16 else 0
+
+
+def _check_against_numpy(path):
+    expected = _numpy_says(path)
+    try:
+        header = read_header(path)
+    except ValueError as e:
+        assert str(e).startswith(f"{path}: "), str(e)
+        return "refused"
+    assert expected is not None, f"accepted what NumPy refuses: {header}"
+    assert (header.dtype, header.shape, header.fortran_order) == expected
+    return "read"
+
+
+_DESCRS = [np.dtype(c).newbyteorder(o).str for c in "?bBhHiIlLqQefdgFDG" for o in "<>"] + [
+    "f4", "float32", "<U3", "O", "|V4", "<M8[s]", ",", "<f4 ", "", "<f", "[('a', '<f4')]"]
+_SHAPES = [(), (0,), (3,), (2, 3), (0, 2**70), (2**64, 0), (2**63, 0), (2**63 - 1, 0),
+           (10**13, 0), (2**62, 2**62, 0), (1,) * 65, (1,) * 64, (-1,), (True,), [2]]
+
+
+def _shape_text(shape) -> str:
+    return repr(shape) if not isinstance(shape, tuple) or len(shape) != 1 else f"({shape[0]},)"
+
+
+@pytest.fixture(scope="module")
+def hypothesis_strategies():
+    return pytest.importorskip("hypothesis")
+
+
+def test_headers_agree_with_numpy_or_are_refused(tmp_path, hypothesis_strategies):
+    hypothesis = hypothesis_strategies
+    st = hypothesis.strategies
+
+    padding = st.text(alphabet=" \t\n\r\x0c\xa0", max_size=4)
+    texts = st.builds(
+        lambda descr, fortran, shape, pad, lead, extra: (
+            lead + "{" + f"'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': "
+            f"{_shape_text(shape)}, " + extra + "}" + pad),
+        st.sampled_from(_DESCRS) | st.text(max_size=6),
+        st.sampled_from([True, False, 0, 1, None, "True"]),
+        st.sampled_from(_SHAPES) | st.lists(st.integers(-2, 2**65), max_size=3).map(tuple),
+        padding, st.sampled_from(["", " ", "\t", "\n"]),
+        st.sampled_from(["", "'x': 1, ", "'shape': (1,), "]))
+    path = str(tmp_path / "h.npy")
+
+    @hypothesis.settings(max_examples=400, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(text=texts, version=st.sampled_from(VERSIONS),
+                      extra_bytes=st.sampled_from([0, 0, 0, -1, 1]))
+    def check(text, version, extra_bytes):
+        head = _preamble(text.encode("utf8" if version[0] == 3 else "latin1", "replace"),
+                         version)
+        with open(path, "wb") as f:
+            f.write(head + bytes(max(0, _claimed_bytes(head, version) + extra_bytes)))
+        _check_against_numpy(path)
+
+    check()
+
+
+def test_what_np_save_writes_is_read_as_numpy_reads_it(tmp_path, hypothesis_strategies):
+    hypothesis = hypothesis_strategies
+    st = hypothesis.strategies
+    path = str(tmp_path / "s.npy")
+
+    @hypothesis.settings(max_examples=200, deadline=None, database=None)
+    @hypothesis.given(dtype=st.sampled_from(NUMERIC), byteorder=st.sampled_from("<>"),
+                      shape=st.lists(st.integers(0, 4), max_size=5).map(tuple),
+                      fortran=st.booleans(), version=st.sampled_from(VERSIONS))
+    def check(dtype, byteorder, shape, fortran, version):
+        array = np.zeros(shape, np.dtype(dtype).newbyteorder(byteorder),
+                         order="F" if fortran else "C")
+        _save(path, array, version)
+        assert _check_against_numpy(path) == "read"
+
+    check()
+
+
+def test_a_byte_level_mutation_fuzz_of_headers(tmp_path):
+    """Thousands of files whose header bytes were flipped, inserted, dropped,
+    or whose length field or size were changed: each is read as NumPy reads it
+    or refused with a ValueError that names it."""
+    rng = np.random.default_rng(2026)
+    seeds = []
+    for k, (dtype, shape, fortran, version) in enumerate([
+            ("<f4", (3, 4), False, (1, 0)), (">i8", (2,), False, (2, 0)),
+            ("|b1", (), False, (1, 0)), ("<c16", (2, 1, 2), True, (3, 0)),
+            ("<u2", (0, 5), False, (1, 0)), (">f2", (4, 2), True, (1, 0))]):
+        path = str(tmp_path / f"seed_{k}.npy")
+        _save(path, np.zeros(shape, dtype, order="F" if fortran else "C"), version)
+        with open(path, "rb") as f:
+            seeds.append(f.read())
+    path, outcomes = str(tmp_path / "m.npy"), {"read": 0, "refused": 0}
+    for case in range(3000):
+        content = bytearray(seeds[case % len(seeds)])
+        header_end = 128 if content[6] == 1 else 192
+        for _ in range(int(rng.integers(1, 4))):
+            what = rng.integers(6)
+            at = int(rng.integers(0, min(len(content), header_end)))
+            if what == 0:  # a byte of the header, any value
+                content[at] = int(rng.integers(256))
+            elif what == 1:  # a printable byte: more of the parser's paths
+                content[at] = int(rng.choice(list(b" ,()'{}:0123456789<>|=fibucTF\n\t")))
+            elif what == 2:
+                content.insert(at, int(rng.integers(256)))
+            elif what == 3:
+                del content[at]
+            elif what == 4:  # the length field
+                content[8 + int(rng.integers(2))] = int(rng.integers(256))
+            else:  # the file's end
+                del content[len(content) - int(rng.integers(1, 9)):]
+        with open(path, "wb") as f:
+            f.write(bytes(content))
+        outcomes[_check_against_numpy(path)] += 1
+    assert outcomes["read"] > 20 and outcomes["refused"] > 1000, outcomes
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{'descr': ',', 'fortran_order': False, 'shape': (0,), }",
+     "expected a numeric dtype, found descr=',', which is not a dtype."),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1180591620717411303424), }",
+     "expected a shape NumPy can make (each dimension, and the bytes of the nonzero ones, at "
+     "most 9223372036854775807), found '(0, 1180591620717411303424)' of dtype float32."),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (9223372036854775808, 0), }",
+     "expected a shape NumPy can make (each dimension, and the bytes of the nonzero ones, at "
+     "most 9223372036854775807), found '(9223372036854775808, 0)' of dtype float32."),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % ("1, " * 70),
+     "expected at most 64 dimensions, found 70."),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (012, 2), }",
+     "expected the header to be a Python literal dict, found \"{'descr': '<f4', "
+     "'fortran_order': False, 'shape': (012, 2), }\" (SyntaxError)."),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (0,), } \xa0\n",
+     "expected the header to be a Python literal dict, found \"{'descr': '<f4', "
+     "'fortran_order': False, 'shape': (0,), }\" (SyntaxError)."),
+])
+def test_headers_numpy_refuses_are_value_errors(tmp_path, text, message):
+    path = str(tmp_path / "x.npy")
+    with open(path, "wb") as f:
+        f.write(_preamble(text.encode("latin1"), (1, 0)))
+    with pytest.raises(ValueError) as info:
+        read_header(path)
+    assert str(info.value) == f"{path}: {message}"
+    assert _numpy_says(path) is None

@@ -236,14 +236,52 @@ def test_inferred_from_globs_uses_the_parent_folder(variable_files):
 @pytest.mark.parametrize("class_names, message", [
     (["dog", "cat"], "`class_names` must list every class folder; found folder 'bird' "
                      "({root}/bird/0.npy), which is not in class_names=['dog', 'cat']."),
-    (["dog", "cat", "bird", "fish"], "`class_names` lists 'fish', but no file is in a folder "
-                                     "of that name. Found folders: ['bird', 'cat', 'dog']."),
+    (["dog", "cat", "bird", "fish"], "`class_names` lists 'fish', but there is no folder of "
+                                     "that name. Found folders: ['bird', 'cat', 'dog']."),
 ])
 def test_class_names_must_match_the_folders(variable_files, class_names, message):
     root, _ = variable_files
     with pytest.raises(ValueError) as info:
         build_index(root, y="inferred", class_names=class_names)
     assert str(info.value) == message.format(root=root)
+
+
+def test_an_empty_class_folder_is_a_class_as_in_keras(variable_files):
+    root, _ = variable_files
+    os.makedirs(os.path.join(root, "ant"))  # empty: no sample, still a class
+    os.makedirs(os.path.join(root, ".hidden"))  # hidden: not a class
+    index = build_index(root, y="inferred")
+    assert index.class_names == ["ant", "bird", "cat", "dog"]
+    assert np.bincount(index.y, minlength=4).tolist() == [0, 4, 4, 4]
+    ordered = build_index(root, y="inferred", class_names=["dog", "ant", "cat", "bird"])
+    assert np.bincount(ordered.y, minlength=4).tolist() == [4, 0, 4, 4]
+
+
+@pytest.mark.parametrize("follow_links", [False, True])
+def test_a_link_that_loops_is_an_error_that_names_it(tmp_path, follow_links):
+    _save(str(tmp_path / "a" / "0.npy"), np.zeros(3))
+    os.symlink("loop.npy", tmp_path / "a" / "loop.npy")
+    os.symlink("self", tmp_path / "a" / "self")
+    for looping in ("loop.npy", "self"):  # met in name order
+        if looping == "self" and not follow_links:
+            assert build_index(str(tmp_path)).num_samples == 1  # a link to a folder: not entered
+            continue
+        with pytest.raises(ValueError) as info:
+            build_index(str(tmp_path), follow_links=follow_links)
+        assert str(info.value) == (f"{tmp_path / 'a' / looping}: cannot read the directory "
+                                   "entry: Too many levels of symbolic links.")
+        os.remove(tmp_path / "a" / looping)
+
+
+def test_rows_without_data_are_refused_whatever_their_number(tmp_path):
+    path = str(tmp_path / "empty_rows.npy")
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000000, 0), }"
+    with open(path, "wb") as f:  # 10^13 empty rows in a file of 84 bytes
+        f.write(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text)
+    with pytest.raises(ValueError) as info:
+        build_index(path)
+    assert str(info.value) == (f"{path}: expected rows that hold data, found 10000000000000 "
+                               "rows of shape (0,).")
 
 
 def test_inferred_labels_need_class_folders(tmp_path):

@@ -88,6 +88,13 @@ def test_pad_or_trim_arguments_are_checked():
         PadOrTrim(2, value=0.5)(np.zeros((1, 4), "int32"))
     assert str(error.value) == ("`value` must be an integer for inputs of dtype int32. "
                                 "Received: value=0.5")
+    for value, dtype in ((300, "uint8"), (-1, "uint8"), (1e40, "float32"), (2, "bool")):
+        with pytest.raises(ValueError) as error:  # 300 would pad uint8 with 44
+            PadOrTrim(6, value=value)(np.zeros((1, 4), dtype))
+        assert str(error.value) == (f"`value` must be representable in the inputs' dtype "
+                                    f"{dtype}. Received: value={value!r}")
+    np.testing.assert_array_equal(_np(PadOrTrim(3, value=255)(np.zeros((1, 2), "uint8"))),
+                                  [[0, 0, 255]])
 
 
 def test_pad_or_trim_output_shape_is_fixed():
@@ -195,6 +202,12 @@ def test_standardize_integers_and_constant_samples():
                                [[-1.2247449, 0, 1.2247449], [0, 0, 0]], atol=1e-6)
     tiny = np.array([[0.0, 1e-9]], "float32")
     np.testing.assert_allclose(_np(Standardize(epsilon=0.1)(tiny)), [[-5e-9, 5e-9]], rtol=1e-3)
+    # Values near float32's largest: sums of them overflow, the result must not.
+    huge = np.array([[3e38, 3e38, 3e38], [-3e38, 0, 3e38], [0, 0, 0]], "float32")
+    np.testing.assert_allclose(_np(Standardize()(huge)),
+                               [[0, 0, 0], [-1.2247449, 0, 1.2247449], [0, 0, 0]], atol=1e-6)
+    masked = _np(Standardize()(huge[:2], mask=np.array([[True, True, False]] * 2)))
+    np.testing.assert_allclose(masked, [[0, 0, 0], [-1, 1, 0]], atol=1e-6)
 
 
 def test_standardize_over_real_positions_under_a_mask():
@@ -256,6 +269,24 @@ def test_normalization_layer_uses_unpadded_statistics(variable_files, axis):
     adapted = keras.layers.Normalization(axis=axis)
     adapted.adapt(padded)
     assert not np.allclose(np.ravel(_np(adapted.mean)), np.ravel(_np(layer.mean)), rtol=1e-2)
+
+
+@pytest.mark.parametrize("layout", ["files", "rows"])
+def test_normalization_layer_refuses_data_that_is_not_finite(tmp_path, layout):
+    x = np.ones((6, 3), "float32")
+    x[4, 2] = np.nan
+    if layout == "rows":
+        path = _save(str(tmp_path / "x.npy"), x)
+        expected = f"{path}: row 4 of x holds nan at position (2,) (feature 2 of the statistics)"
+    else:
+        for k in range(6):
+            _save(str(tmp_path / "d" / f"{k}.npy"), x[k])
+        path = str(tmp_path / "d")
+        expected = (f"{tmp_path / 'd' / '4.npy'}: the sample of x holds nan at position (2,) "
+                    "(feature 2 of the statistics)")
+    with pytest.raises(ValueError) as info:
+        normalization_layer(path, verbose=False)
+    assert str(info.value) == expected + "; mean and variance need finite values."
 
 
 def test_normalization_layer_counts_the_training_subset_only(tmp_path):

@@ -232,3 +232,66 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "2 2"
+
+
+_CUT_SHORT_BETWEEN_BATCHES = """
+import sys
+import keras
+import numpy as np
+from keras_npy import NpyDataset, npy_dataset
+
+path, how = sys.argv[1], sys.argv[2]
+rows = len(np.load(path, mmap_mode="r"))
+
+
+class CutShort(keras.callbacks.Callback):
+    def on_predict_batch_end(self, batch, logs=None):
+        if batch == 2:
+            with open(path, "r+b") as f:
+                f.truncate(128 + 1000 * 16 * 4)  # batches 0 and 1 of 1000 rows stay
+
+
+try:
+    if how == "predict":
+        model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(1)])
+        model.predict(NpyDataset(path, batch_size=1000), callbacks=[CutShort()], verbose=0)
+    else:
+        for k, batch in enumerate(npy_dataset(path, batch_size=1000)):
+            if k == 2:
+                CutShort().on_predict_batch_end(2)
+    print("no error")
+except Exception as e:  # TensorFlow wraps the error of a numpy_function in its own
+    print(type(e).__name__, "|", str(e).replace(chr(10), " "))
+"""
+
+
+@pytest.mark.parametrize("how", ["predict", "npy_dataset"])
+def test_a_file_cut_short_while_tensorflow_holds_its_batches(tmp_path, how):
+    """TensorFlow keeps batches it prefetched; none of them may be a view of a
+    memory map, or a file cut short between batches kills the process."""
+    x = np.lib.format.open_memmap(str(tmp_path / "x.npy"), "w+", "float32", (1_600_000, 16))
+    x[:] = 1  # 100 MB, more than TensorFlow reads ahead
+    x.flush()
+    del x
+    path = str(tmp_path / "x.npy")
+    done = subprocess.run([sys.executable, "-c", _CUT_SHORT_BETWEEN_BATCHES, path, how],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert f"{path}: expected 102400000 data bytes for shape (1600000, 16) of dtype " \
+           "float32, found 64000; the file is truncated." in done.stdout, done.stdout
+
+
+def test_pipelines_built_and_dropped_keep_no_descriptors(tmp_path):
+    import gc
+
+    paths = [_save(str(tmp_path / f"x{k}.npy"), np.full((64, 4), k, "float32"))
+             for k in range(3)]
+    fds = len(os.listdir("/proc/self/fd"))
+    for k in range(100):  # cross-validation, a hyper-parameter search
+        dataset = npy_dataset(paths[k % 3], batch_size=16, shuffle=bool(k % 2), seed=k)
+        assert sum(int(b.shape[0]) for b in dataset) == 64
+        del dataset
+    gc.collect()
+    # One table of open files per process, shared: the three files, each with
+    # its descriptor and its map's.
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2 * 3

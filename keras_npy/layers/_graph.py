@@ -37,8 +37,10 @@ def tensorflow_ops() -> types.SimpleNamespace:
         return lambda x, axis=None, keepdims=False: fn(x, axis=axis, keepdims=keepdims)
 
     return types.SimpleNamespace(
-        arange=tf.range, cast=tf.cast, maximum=tf.maximum, mean=reduce(tf.reduce_mean),
-        minimum=tf.minimum, pad=tf.pad, shape=shape, sqrt=tf.sqrt,
+        abs=tf.abs, arange=tf.range, cast=tf.cast, max=reduce(tf.reduce_max),
+        maximum=tf.maximum, mean=reduce(tf.reduce_mean), minimum=tf.minimum, pad=tf.pad,
+        shape=shape, sqrt=tf.sqrt, sum=reduce(tf.reduce_sum), square=tf.square,
+        ones_like=tf.ones_like, expand_dims=tf.expand_dims,
         take=lambda x, indices, axis: tf.gather(x, indices, axis=axis),
         var=reduce(tf.math.reduce_variance),
     )

@@ -18,6 +18,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 
 from keras_npy import _checks
 from keras_npy.layers import _graph
@@ -139,6 +140,9 @@ class PadOrTrim(keras.layers.Layer):
         if dtype != "bool" and "float" not in dtype and not float(self.value).is_integer():
             raise ValueError(f"`value` must be an integer for inputs of dtype {dtype}. "
                              f"Received: value={self.value!r}")
+        if not _representable(self.value, dtype):  # 300 would pad uint8 with 44
+            raise ValueError(f"`value` must be representable in the inputs' dtype {dtype}. "
+                             f"Received: value={self.value!r}")
 
     def _conform(self, ops, inputs):
         axis = _resolve_axis(self.axis, len(inputs.shape))
@@ -201,6 +205,20 @@ def _resolve_axis(axis: int, ndim: int) -> int:
         raise ValueError(f"`axis` must name a non-batch axis of the input, which has rank "
                          f"{ndim}. Received: axis={axis}")
     return resolved
+
+
+def _representable(value, dtype: str) -> bool:
+    """Whether `value` is exactly a value of `dtype` (NaN of a float dtype
+    too); `True` for dtypes NumPy does not know, such as bfloat16."""
+    try:
+        numpy_dtype = np.dtype(dtype)
+    except TypeError:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return numpy_dtype.kind in "fc"
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.array(value).astype(numpy_dtype)
+    return converted.item() == value
 
 
 def _check_length(length) -> None:

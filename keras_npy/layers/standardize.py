@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 
 import keras
+import numpy as np
 
 from keras_npy.layers import _graph
 
@@ -108,20 +109,54 @@ class Standardize(keras.layers.Layer):
 
 
 def _standardize(ops, x, axes: tuple[int, ...], epsilon: float, mask, dtype):
+    # (x - mean) / std is computed on x divided by its largest magnitude and
+    # shifted by its first value (per sample): sums of values near the dtype's
+    # largest overflow (a constant sample of 3e38 in float32 gave NaN), and a
+    # constant sample must give zeros exactly, not rounding noise over itself.
+    # Neither changes the result: (x / s - c) is x in other units and origin,
+    # with epsilon / s for epsilon.
     x = ops.cast(x, dtype)
-    if mask is None:
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        std = ops.sqrt(ops.var(x, axis=axes, keepdims=True))
-        return (x - mean) / ops.maximum(std, ops.cast(epsilon, dtype))
-    weights = ops.cast(mask, dtype)
-    for _ in range(len(x.shape) - len(mask.shape)):
-        weights = ops.expand_dims(weights, -1)
-    weights = weights * ops.ones_like(x)
+    weights = None
+    if mask is not None:
+        weights = ops.cast(mask, dtype)
+        for _ in range(len(x.shape) - len(mask.shape)):
+            weights = ops.expand_dims(weights, -1)
+        weights = weights * ops.ones_like(x)
+    magnitude = ops.abs(x) if weights is None else ops.abs(x) * weights
+    scale = ops.maximum(ops.max(magnitude, axis=axes, keepdims=True), ops.cast(_TINY, dtype))
+    # Divided twice by its square root: XLA divides by multiplying with the
+    # reciprocal, and 1 / 3e38 is subnormal, which CPUs flush to zero.
+    root = ops.sqrt(scale)
+    scaled = x / root / root
+    first = scaled
+    for axis in axes:
+        first = ops.take(first, ops.arange(1), axis=axis)
+    scaled = scaled - first
+    # epsilon / scale, never below the dtype's smallest normal number (a
+    # flushed floor of 0 would make a constant sample 0 / 0).
+    floor = ops.maximum(ops.cast(epsilon, dtype) / root / root,
+                        ops.cast(_smallest_normal(dtype), dtype))
+    if weights is None:
+        mean = ops.mean(scaled, axis=axes, keepdims=True)
+        std = ops.sqrt(ops.var(scaled, axis=axes, keepdims=True))
+        return (scaled - mean) / ops.maximum(std, floor)
     count = ops.maximum(ops.sum(weights, axis=axes, keepdims=True), ops.cast(1, dtype))
-    mean = ops.sum(x * weights, axis=axes, keepdims=True) / count
-    centered = (x - mean) * weights
+    mean = ops.sum(scaled * weights, axis=axes, keepdims=True) / count
+    centered = (scaled - mean) * weights
     std = ops.sqrt(ops.sum(ops.square(centered), axis=axes, keepdims=True) / count)
-    return centered / ops.maximum(std, ops.cast(epsilon, dtype))
+    return centered / ops.maximum(std, floor)
+
+
+#: The smallest magnitude a sample is divided by (float16's smallest normal,
+#: which every float dtype holds).
+_TINY = 2.0 ** -14
+
+
+def _smallest_normal(dtype) -> float:
+    try:
+        return float(np.finfo(np.dtype(keras.backend.standardize_dtype(dtype))).tiny)
+    except (TypeError, ValueError):  # a dtype NumPy does not know (bfloat16)
+        return 1.1754944e-38
 
 
 def _check_axis(axis) -> tuple[int, ...] | None:
