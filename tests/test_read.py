@@ -328,3 +328,18 @@ def _wait_until_cached(path, offsets, timeout=10.0):
             time.sleep(0.01)
     finally:
         os.close(fd)
+
+
+def test_large_runs_copied_on_two_threads_from_many_threads(tmp_path, maps):
+    from concurrent.futures import ThreadPoolExecutor
+
+    whole = np.arange(8192 * 256, dtype="float32").reshape(8192, 256)  # 8 MiB of 1 KiB rows
+    reader = BatchReader(index_source(_save(str(tmp_path / "x.npy"), whole)), Padding())
+
+    def read(k):  # runs of 1-2 MiB, split between the caller and the helper when free
+        start = (k * 997) % 6000
+        ids = range(start, start + 1024 + k % 1024)
+        return np.array_equal(reader.read(ids), whole[start:ids.stop])
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(read, range(64)))

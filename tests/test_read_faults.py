@@ -119,7 +119,8 @@ _TRUNCATE_WHILE_READING = textwrap.dedent("""
     n, ok, errors = len(whole), 0, 0
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        for ids in (range(n - 600, n - 344), rng.integers(0, n, 256), np.arange(n - 300, n)):
+        for ids in (range(n - 600, n - 344), rng.integers(0, n, 256), np.arange(n - 300, n),
+                    range(n - 2100, n - 52)):  # 2 MiB: copied in halves on two threads
             try:
                 batch = reader.read(ids)
             except ValueError as e:

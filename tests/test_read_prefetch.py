@@ -137,9 +137,10 @@ def test_streaming_cold_data_past_the_budget_keeps_anonymous_memory_flat(tmp_pat
     for i in range(1, len(ds)):
         ds[i]
         peak = max(peak, _rss_anon())
-    # Read ahead through the page cache, not into memory of our own: no more than
-    # a few batches of anonymous memory, whatever the budget and the data.
-    assert peak - before < 4 * BATCH * ROW
+    # Read ahead through the page cache, not into memory of our own: anonymous
+    # memory stays under the budget plus a few batches (what planning a window
+    # of blocks takes: its ids), though 16 times the budget streams by.
+    assert peak - before < 4 * 2**20 + 4 * BATCH * ROW
     ds._source.read_ahead.settle()
     # The window holds the budget, past what a batch needs at once: the block
     # shuffle's window of 32 blocks of 1 MiB, read whole; a page or two for each

@@ -6,6 +6,7 @@
 - `handles`: open files and memory maps of rows files, per process.
 - `guard`: memory maps whose reads cannot kill the process.
 - `buffers`: batch arrays reused once nothing holds them.
+- `copies`: large copies in two halves, on two threads.
 - `padding`: samples of different shapes brought to one shape per batch.
 - `prefetch`: the read-ahead window over the batches that come next.
 """

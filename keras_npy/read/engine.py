@@ -29,7 +29,7 @@ import weakref
 import numpy as np
 
 from keras_npy.index import FileIndex, RowIndex
-from keras_npy.read import guard, local, plan
+from keras_npy.read import copies, guard, local, plan
 from keras_npy.read.buffers import POOL
 from keras_npy.read.handles import TABLE, FileFacts, MapFailed
 from keras_npy.read.padding import Padding, check_pad_value
@@ -266,7 +266,7 @@ class _RowFiles:
         if rows is None or opened is None or not self._guarded():
             return None
         out = POOL.empty((len(ids), *self.index.row_shape), dtype)
-        np.copyto(out, rows[ids.start - last[0]:ids.stop - last[0]])
+        copies.copy(out, rows[ids.start - last[0]:ids.stop - last[0]])
         return None if last[4].poisoned or not opened.unchanged() else out
 
     def _guarded(self) -> bool:
@@ -282,7 +282,8 @@ class _RowFiles:
         f = part.file
         rows = mapped.rows(self.index.dtype, self.facts[f].header[1], self.fortran[f])
         if isinstance(part, plan.Run):
-            into[part.slot:part.slot + part.count] = rows[part.row:part.row + part.count]
+            copies.copy(into[part.slot:part.slot + part.count],
+                        rows[part.row:part.row + part.count])
         elif part.slots is None:
             # The rows lie in the file (planned so): mode="clip" spares numpy the
             # copy through a temporary that the default mode makes with `out`.

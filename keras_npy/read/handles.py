@@ -97,12 +97,12 @@ class Mapped:
     def __del__(self):
         if getattr(self, "region", None) is None:
             return  # never mapped
-        guard.unregister(self.region)  # before the range is unmapped and reused
-        self.bytes = self._views = None
         try:
+            guard.unregister(self.region)  # before the range is unmapped and reused
+            self.bytes = self._views = None
             self._mmap.close()
-        except (BufferError, AttributeError):  # still exported: unmapped when collected
-            pass
+        except (BufferError, AttributeError, TypeError):
+            pass  # still exported (unmapped when collected), or the interpreter is ending
 
 
 class OpenFile:
