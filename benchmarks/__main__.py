@@ -1,11 +1,13 @@
 """keras_npy benchmarks: the limits, the recipes people use, and keras_npy, in one run.
 
-    python -m benchmarks                 # full: ~18 minutes here, ~11 GB of temporary files
-    python -m benchmarks --quick         # about a minute
+    python -m benchmarks                 # full: ~35 minutes here, ~14 GB of temporary files
+    python -m benchmarks --quick         # a few minutes
     python -m benchmarks.plot results.json results.png
 
 Every figure is measured from the page cache (each reader makes one untimed pass first),
-as the median over --repeats passes with [min-max]; a group's figures are timed in rounds
+but those of the cold groups, whose every pass starts with the files it reads evicted
+(posix_fadvise DONTNEED; the system's caches are never dropped); each is the median over
+--repeats passes with [min-max]; a group's figures are timed in rounds
 (each once per round, after a pause) and divided by its base (the first "limit" of the
 group) round by round: see `common.Results`. Each group runs in a new
 Python process (what one group leaves behind, threads, heap or files, does not slow the

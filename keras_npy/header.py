@@ -54,6 +54,7 @@ import math
 import os
 import re
 import struct
+import threading
 import zlib
 from typing import NamedTuple
 
@@ -83,6 +84,9 @@ _NUMERIC_DTYPES = {
     dtype.str: dtype
     for code in "?bBhHiIlLqQefdgFDG"
     for dtype in (np.dtype(code), np.dtype(code).newbyteorder("S"))}
+
+
+_PARSER_LOCK = threading.Lock()
 
 
 class NpyHeader(NamedTuple):
@@ -232,9 +236,12 @@ def _literal(path: str, text: str) -> object:
     """Parses a Python literal; no name is looked up and no code is run. The
     text is given as it is, as NumPy gives it (`literal_eval` drops leading
     spaces and tabs; other characters, a non-breaking space among them, are
-    the parser's to refuse)."""
+    the parser's to refuse). One parse at a time: CPython 3.11's parser can
+    fail with `SystemError` ("AST constructor recursion depth mismatch") when
+    threads parse at once, which would refuse a good file."""
     try:
-        return ast.literal_eval(text)
+        with _PARSER_LOCK:
+            return ast.literal_eval(text)
     except Exception as e:  # SyntaxError, ValueError, MemoryError, RecursionError, ...
         raise ValueError(f"{path}: expected the header to be a Python literal dict, "
                          f"found {_clip(text)} ({type(e).__name__}).") from e

@@ -35,7 +35,8 @@ def npy_dataset(x, y=None, **kwargs):
         **kwargs: the keyword arguments of `NpyDataset` (`layout`,
             `batch_size`, `shuffle`, `seed`, `label_mode`, `class_names`,
             `validation_split`, `subset`, the padding and ordering arguments,
-            `dtype`, `num_shards`, `shard_index`, `follow_links`, `verbose`)
+            `dtype`, `num_shards`, `shard_index`, `shuffle_block_size`,
+            `shuffle_window`, `read_ahead_bytes`, `follow_links`, `verbose`)
             but its worker arguments: tf.data reads in parallel itself.
 
     Returns:
@@ -99,7 +100,8 @@ def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
         **kwargs: the padding and ordering arguments of `NpyDataset`
             (`pad_to`, `pad_to_multiple_of`, `padding`, `truncating`,
             `pad_value`, `bucket_boundaries`, `drop_remainder`, `dtype`,
-            `num_shards`, `shard_index`).
+            `num_shards`, `shard_index`, `shuffle_block_size`,
+            `shuffle_window`, `read_ahead_bytes`).
 
     Returns:
         A dataset, or a `(training, validation)` tuple with `subset="both"`;
