@@ -17,6 +17,7 @@ from benchmarks.common import ROW, Results, consume, each, evict, rss_anon, writ
 
 BATCH = 256
 THREADS = 64  # reads in flight in the random-read limits
+ROW_BYTES = ROW * 4  # float32
 
 
 def run(results: Results, root: str, rows: int, shuffled_batches: int, num_files: int,
@@ -33,8 +34,9 @@ def run(results: Results, root: str, rows: int, shuffled_batches: int, num_files
 def _sequential(results: Results, path: str, rows: int, tf) -> None:
     from keras_npy import NpyDataset, npy_dataset
 
-    group = results.group(f"cold rows, sequential, batch {BATCH}: {rows * ROW / 2**30:g} GiB "
-                          "of 1 KiB rows; ratio to cold 8 MiB preads")
+    gib = rows * ROW_BYTES / 2**30
+    group = results.group(f"cold rows, sequential, batch {BATCH}: {gib:g} GiB of 1 KiB rows; "
+                          "ratio to cold 8 MiB preads")
     setup = lambda: evict(path)  # noqa: E731
     results.rate(group, "cold sequential pread, 8 MiB at a time", "limit", rows, "rows/s",
                  lambda: _read_sequential(path), base=True, setup=setup)
@@ -161,8 +163,9 @@ def _fit(results: Results, path: str, rows: int, tf) -> None:
 def _memory(results: Results, path: str, rows: int) -> None:
     from keras_npy import NpyDataset
 
-    group = results.group(f"cold memory: anonymous RSS growth streaming {rows * ROW / 2**30:g} "
-                          "GiB of cold rows, batch 256, read_ahead_bytes 64 MiB")
+    gib = rows * ROW_BYTES / 2**30
+    group = results.group(f"cold memory: anonymous RSS growth streaming {gib:g} GiB of cold "
+                          "rows, batch 256, read_ahead_bytes 64 MiB")
     for shuffle in (False, "block"):
         ds = NpyDataset(path, batch_size=BATCH, shuffle=shuffle, seed=0)
         evict(path)
@@ -198,10 +201,10 @@ def _slices(mapped: np.ndarray, rows: int) -> None:
 def _read_rows_threaded(path: str, rows: np.ndarray) -> None:
     """Every row with its own 1 KiB pread, `THREADS` at a time."""
     fd = os.open(path, os.O_RDONLY)
-    offsets = (128 + rows.astype(np.int64) * ROW).tolist()
+    offsets = (128 + rows.astype(np.int64) * ROW_BYTES).tolist()
     try:
         def work(part):
-            buffer = bytearray(ROW)
+            buffer = bytearray(ROW_BYTES)
             for offset in part:
                 os.preadv(fd, [buffer], offset)
 

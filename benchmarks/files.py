@@ -53,7 +53,8 @@ def run(results: Results, root: str, num_files: int, size: int, vary: bool, tf,
     grain = peers.grain_files(paths, 256, 0) if not vary else None
     if grain is not None:
         results.rate(group, "Grain MapDataset, np.load a record", "baseline",
-                     len(grain) * 256, "files/s", lambda: each(grain.__getitem__, range(len(grain))))
+                     len(grain) * 256, "files/s",
+                     lambda: each(grain.__getitem__, range(len(grain))))
     if with_workers:
         _with_workers(results, group, folder, paths, num_files)
     if tf is None:

@@ -51,7 +51,11 @@ def run(results: Results, root: str, gib: float, files_folder: str | None) -> No
 
 
 def _stream(ds) -> tuple[float, float]:
-    """Reads every batch; the peak growth of anonymous and of file-backed RSS, in MiB."""
+    """Reads every batch; the peak growth of anonymous and of file-backed RSS, in MiB.
+    Maps are one table per process: the last stream's are closed first."""
+    from keras_npy.read import handles
+
+    handles.TABLE.clear()
     ds[0]
     before, peak = (rss_anon(), rss_file()), (0, 0)
     for i in range(len(ds)):

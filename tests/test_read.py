@@ -13,16 +13,6 @@ from keras_npy.read import BatchReader, Padding, guard, handles, local
 from helpers import save as _save
 
 
-@pytest.fixture(params=["maps", "preadv"])
-def maps(request, monkeypatch):
-    """Rows read from guarded memory maps, or with preadv where maps are not
-    guarded; no open file is shared with another test."""
-    handles.TABLE.clear()
-    if request.param == "preadv":
-        monkeypatch.setattr(guard._GUARD, "_usable", False)
-    yield request.param
-    handles.TABLE.clear()
-
 
 @pytest.fixture
 def rows(tmp_path):

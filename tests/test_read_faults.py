@@ -19,14 +19,6 @@ from helpers import save as _save
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(params=["maps", "preadv"])
-def maps(request, monkeypatch):
-    handles.TABLE.clear()
-    if request.param == "preadv":
-        monkeypatch.setattr(guard._GUARD, "_usable", False)
-    yield request.param
-    handles.TABLE.clear()
-
 
 @pytest.fixture
 def rows(tmp_path):

@@ -287,9 +287,9 @@ class _RowFiles:
         elif part.slots is None:
             # The rows lie in the file (planned so): mode="clip" spares numpy the
             # copy through a temporary that the default mode makes with `out`.
-            np.take(rows, part.rows, axis=0, out=into, mode="clip")
+            rows.take(part.rows, axis=0, out=into, mode="clip")
         else:
-            into[part.slots] = np.take(rows, part.rows, axis=0, mode="clip")
+            into[part.slots] = rows.take(part.rows, axis=0, mode="clip")
 
     def _pread(self, fd: int, part, into: np.ndarray) -> None:
         """Reads the rows of `part` with `preadv`: one call per run of adjacent

@@ -55,6 +55,8 @@ def plan_rows(starts: list[int], ids) -> list:
     n = len(ids)
     if n == 0:
         return []
+    if len(starts) == 2 and n > 1 and ids[1] != ids[0] + 1:
+        return [Gather(0, ids, None)]  # one file, a shuffled batch: nothing to look up
     low, high = int(ids.min()), int(ids.max())
     if high - low == n - 1 and (n == 1 or bool((ids[1:] - ids[:-1] == 1).all())):
         return _runs(starts, low, n, 0)

@@ -79,8 +79,9 @@ class ReadAhead:
         """Batches `first` to `first + count - 1` of `epoch` are being read: moves
         the window past them and fills it. `ids_of(epoch, j, fresh)` gives what
         reading batch `j` ahead reads (`fresh`: for the first batch of a window,
-        with nothing read ahead before it); `readers` read them. Returns whether those batches were in
-        the window (their bytes asked for, or found cached, already)."""
+        with nothing read ahead before it); `readers` read them. Returns
+        whether those batches were in the window (their bytes asked for, or
+        found cached, already)."""
         if self.budget <= 0:
             return False
         last = first + count - 1
