@@ -57,9 +57,9 @@ class Standardize(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
-    >>> x = np.array([[1.0, 2.0, 3.0], [10.0, 10.0, 10.0]])
+    >>> x = np.array([[1.0, 2.0, 4.0], [10.0, 10.0, 10.0]])
     >>> np.asarray(Standardize()(x)).round(4)
-    array([[-1.2247,  0.    ,  1.2247],
+    array([[-1.069 , -0.2673,  1.3363],
            [ 0.    ,  0.    ,  0.    ]], dtype=float32)
     """
 

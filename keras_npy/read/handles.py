@@ -152,7 +152,10 @@ class OpenFile:
 
     def __del__(self):
         if getattr(self, "fd", None) is not None:
-            os.close(self.fd)
+            try:
+                os.close(self.fd)
+            except (OSError, AttributeError, TypeError):  # the interpreter is ending
+                pass
 
 
 class _Table:
