@@ -10,7 +10,8 @@ import pytest
 
 from keras_npy.index import index_source
 from keras_npy.read import BatchReader, Padding, guard, handles, local
-from helpers import save as _save
+from helpers import evict as _evict, save as _save
+from helpers import wait_until_resident as _wait_until_cached
 
 
 
@@ -294,30 +295,6 @@ def test_prefetch_asks_for_what_is_not_in_the_page_cache(tmp_path, maps):
     _evict(path)
     assert reader.prefetch(range(1024, 2048)) == 257  # one stretch of 1 MiB, 257 pages
     _wait_until_cached(path, [128 + 1024 * 1024, 128 + 2048 * 1024 - 1])
-
-
-def _evict(path):
-    handles.TABLE.clear()  # a map keeps its pages in; drop ours first
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def _wait_until_cached(path, offsets, timeout=10.0):
-    """Waits until the kernel, reading in the background, has the bytes at
-    `offsets` in the page cache (no read of ours brings them in)."""
-    import time
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        deadline = time.monotonic() + timeout
-        while not all(local.cached(fd, o) for o in offsets):
-            assert time.monotonic() < deadline, "the advised bytes never arrived"
-            time.sleep(0.01)
-    finally:
-        os.close(fd)
 
 
 def test_large_runs_copied_on_two_threads_from_many_threads(tmp_path, maps):

@@ -314,37 +314,54 @@ class _RowFiles:
                              facts.data_offset + int(ordered[a]) * self.row_nbytes)
 
     def prefetch(self, parts: list) -> int:
-        """Advises the kernel of the stretches of bytes of `parts` that probes
-        do not find in the page cache; returns the pages asked for."""
+        """Advises the kernel of the stretches of bytes of `parts` that are not
+        all in the page cache; returns the pages asked for that were not."""
         pages = 0
         for part in parts:
             f = part.file
             if self.fortran[f]:
                 continue  # strided rows: a stretch per element is not worth asking for
             facts = self.facts[f]
-            fd = TABLE.get(self.keys[f], facts).fd
+            opened = TABLE.get(self.keys[f], facts)
             offsets, lengths = plan.row_extents(part, self.row_nbytes)
-            offsets = offsets + facts.data_offset
-            for k in _unless_cached(fd, offsets, lengths):
-                offset, length = int(offsets[k]), int(lengths[k])
-                local.advise(fd, offset, length)
-                pages += -(-(offset % _PAGE + length) // _PAGE)
+            for offset, length, missing in _not_cached(opened, offsets.tolist(),
+                                                       lengths.tolist()):
+                local.advise(opened.fd, facts.data_offset + offset, length)
+                pages += missing
         return pages
 
 
-def _unless_cached(fd: int, offsets: np.ndarray, lengths: np.ndarray):
-    """The stretches to ask for: those whose middle byte is not in the page
-    cache (the first and last pages of a stretch may be shared with its
+def _not_cached(opened, offsets: list, lengths: list):
+    """`(offset, length, pages missing)` of the stretches of data bytes to ask
+    for: those not all in the page cache, by `mincore` on a map of the file
+    (nothing is read), or else by a `RWF_NOWAIT` probe of each
+    stretch's middle byte (its first and last pages may be shared with its
     neighbours, read for them). More than `_PROBES` stretches (scattered rows)
-    are probed by a sample of `_SAMPLE`: all of them are asked for unless
-    every probe finds its stretch cached."""
-    middles = (offsets + lengths // 2).tolist()
-    if len(middles) <= _PROBES:
-        return [k for k, offset in enumerate(middles) if not local.cached(fd, offset)]
-    sample = np.linspace(0, len(middles) - 1, _SAMPLE).astype(int).tolist()
-    if all(local.cached(fd, middles[k]) for k in sample):
-        return []
-    return range(len(middles))
+    are probed by a sample of `_SAMPLE`: all of them are asked for unless the
+    sample is all in the page cache."""
+
+    def missing(k):
+        offset, length = offsets[k], lengths[k]
+        found = opened.pages_missing(offset, length)
+        if found is None:
+            start = opened.facts.data_offset + offset
+            found = 0 if local.cached(opened.fd, start + length // 2) else _pages(start, length)
+        return found
+
+    if len(offsets) <= _PROBES:
+        for k in range(len(offsets)):
+            found = missing(k)
+            if found:
+                yield offsets[k], lengths[k], found
+        return
+    sample = np.linspace(0, len(offsets) - 1, _SAMPLE).astype(int).tolist()
+    if any(missing(k) for k in sample):
+        for offset, length in zip(offsets, lengths):
+            yield offset, length, _pages(opened.facts.data_offset + offset, length)
+
+
+def _pages(offset: int, length: int) -> int:
+    return -(-(offset % _PAGE + length) // _PAGE)
 
 
 def _slots(part) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from keras_npy.read import guard
+from keras_npy.read import guard, local
 
 #: Rows files held open (with their maps) per process: each holds a descriptor,
 #: and its map another (Python's `mmap` keeps a duplicate).
@@ -77,7 +77,14 @@ class Mapped:
         whole = np.frombuffer(self._mmap, np.uint8)
         self.region = guard.register(whole.ctypes.data, whole.ctypes.data + whole.nbytes)
         self.bytes = whole[offset - start:]
+        self._address = whole.ctypes.data + offset - start  # of the data's first byte
         self._views = {}
+
+    def pages_missing(self, offset: int, nbytes: int) -> int | None:
+        """The pages of data bytes `[offset, offset + nbytes)` that are not in
+        the page cache (nothing is read to tell); `None` where the system
+        cannot tell."""
+        return local.pages_missing(self._address + offset, nbytes)
 
     @property
     def poisoned(self) -> bool:
@@ -105,6 +112,19 @@ class Mapped:
             pass  # still exported (unmapped when collected), or the interpreter is ending
 
 
+class _ProbeMap:
+    """A map of a file's data that is never read, only asked (`mincore`) which
+    of its pages are in the page cache: for files read with `preadv`."""
+
+    def __init__(self, fd: int, offset: int, nbytes: int):
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        self._mmap = mmap.mmap(fd, offset + nbytes - start, mmap.MAP_SHARED, mmap.PROT_READ,
+                               offset=start)
+        self._address = np.frombuffer(self._mmap, np.uint8).ctypes.data + offset - start
+
+    pages_missing = Mapped.pages_missing
+
+
 class OpenFile:
     """A rows file, open and checked against its `FileFacts`; closed when dropped.
 
@@ -114,6 +134,7 @@ class OpenFile:
 
     def __init__(self, facts: FileFacts):
         self.facts, self._mapped, self._lock = facts, None, threading.Lock()
+        self._probe = None  # a map to ask which pages are cached, where reads have none
         try:
             self.fd = os.open(facts.path, os.O_RDONLY)
         except OSError as e:
@@ -149,6 +170,24 @@ class OpenFile:
                 except (OSError, ValueError) as e:  # e.g. the file is shorter than its map
                     raise MapFailed(f"{self.facts.path}: cannot map the file: {e}.") from e
             return self._mapped
+
+    def pages_missing(self, offset: int, nbytes: int) -> int | None:
+        """The pages of data bytes `[offset, offset + nbytes)` not in the page
+        cache, asked of a map (the reads' own, or one made for this) so that
+        nothing is read to tell; `None` where the system cannot tell."""
+        try:
+            probe = self.mapped() or self._probe
+        except MapFailed:
+            return None  # the read says why
+        if probe is None:
+            if self.facts.nbytes == 0:
+                return None
+            try:
+                probe = self._probe = _ProbeMap(self.fd, self.facts.data_offset,
+                                                self.facts.nbytes)
+            except (OSError, ValueError):
+                self._probe = False  # not mappable: probed by reads instead
+        return probe.pages_missing(offset, nbytes) if probe else None
 
     def __del__(self):
         if getattr(self, "fd", None) is not None:

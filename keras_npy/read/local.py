@@ -6,12 +6,15 @@ asked means the file was cut short after it was indexed, and the error says
 which file and where. Hints tell the kernel which bytes come next
 (`posix_fadvise(POSIX_FADV_WILLNEED)`: it starts reading them in the
 background and returns, so that many reads are in flight without a thread
-each) and ask whether bytes are in the page cache already (`preadv` with
-`RWF_NOWAIT`, which fails instead of waiting for the disk).
+each) and ask whether bytes are in the page cache already: `mincore` on a
+map, which reads nothing, or else `preadv` with `RWF_NOWAIT`, which fails
+instead of waiting for the disk but starts the kernel's own read-ahead from a
+byte it misses (up to the device's `read_ahead_kb`, 8 MiB on some disks).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import zlib
 
@@ -107,6 +110,36 @@ def cached(fd: int, offset: int) -> bool | None:
     except OSError:  # not supported by this file system
         return None
     return True
+
+
+def _load_mincore():
+    try:
+        mincore = ctypes.CDLL(None, use_errno=True).mincore
+    except (AttributeError, OSError):  # not a system with mincore
+        return None
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    mincore.restype = ctypes.c_int
+    return mincore
+
+
+_MINCORE = _load_mincore()
+_OS_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def pages_missing(address: int, nbytes: int) -> int | None:
+    """The pages of the mapped bytes `[address, address + nbytes)` that are
+    not in the page cache, by `mincore` (nothing is read); `None` where the
+    system cannot tell."""
+    if _MINCORE is None or nbytes <= 0:
+        return None if _MINCORE is None else 0
+    start = address - address % _OS_PAGE
+    pages = -(-(address + nbytes - start) // _OS_PAGE)
+    vec = ctypes.create_string_buffer(pages)
+    if _MINCORE(start, address + nbytes - start, vec) != 0:
+        return None
+    resident = vec.raw
+    return pages - sum(b & 1 for b in resident) if pages < 64 else (
+        pages - int(np.count_nonzero(np.frombuffer(resident, np.uint8) & 1)))
 
 
 def can_advise() -> bool:

@@ -64,15 +64,18 @@ class ReadAhead:
         self._bytes = 0
         self._cached_streak = 0
         self._warm, self._next_probe, self._fresh = False, 0, True
-        #: The most bytes the window held at once, and the pages it asked for.
-        self.peak_bytes = self.pages_advised = 0
+        #: The most bytes the window held at once, the pages it asked for, and
+        #: the batches it took in (some of whose pages may have been cached).
+        self.peak_bytes = self.pages_advised = self.batches_ahead = 0
 
     def __reduce__(self):  # a copy (a worker process) starts with an empty window
         return (ReadAhead, (self.budget,))
 
-    def settle(self, timeout: float = 10.0) -> None:
-        """Waits until the window is filled as far as it will be (for tests)."""
-        _ADVISOR.settle(self, timeout)
+    def settle(self, timeout: float = 30.0) -> None:
+        """Waits until the window is filled as far as it will be (for tests);
+        raises `TimeoutError` if it is still being filled after `timeout`."""
+        if not _ADVISOR.settle(self, timeout):
+            raise TimeoutError(f"the read-ahead window was still being filled after {timeout} s")
 
     def after(self, epoch: int, first: int, count: int, num_batches: int, ids_of,
               readers) -> bool:
@@ -151,6 +154,7 @@ class ReadAhead:
             pages = sum(reader.prefetch(ids) for reader in readers)
             with self._lock:
                 self.pages_advised += pages
+                self.batches_ahead += 1
                 if len(ids):  # a batch whose bytes were read ahead with an earlier one: no probe
                     self._cached_streak = self._cached_streak + 1 if pages == 0 else 0
                 if self._cached_streak >= WARM_AFTER:  # in memory: no window
@@ -185,10 +189,10 @@ class _Advisor:
             self._queued.add(id(window))
         self._queue.put((weakref.ref(window), num_batches, ids_of, readers))
 
-    def settle(self, window: ReadAhead, timeout: float) -> None:
+    def settle(self, window: ReadAhead, timeout: float) -> bool:
         with self._idle:
-            self._idle.wait_for(lambda: id(window) not in self._queued | self._running,
-                                timeout)
+            return self._idle.wait_for(
+                lambda: id(window) not in self._queued | self._running, timeout)
 
     def _start(self) -> None:
         self._pid, self._queue = os.getpid(), queue.SimpleQueue()
