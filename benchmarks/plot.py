@@ -43,7 +43,8 @@ def plot(report: dict, path: str) -> None:
         ax.tick_params(labelsize=7)
     machine = report["machine"]
     fig.suptitle(f"keras_npy (blue), what people use (orange), limits (grey); "
-                 f"{machine['cpus']} CPUs, page cache", fontsize=9)
+                 f"{machine['cpus']} CPUs; from the page cache, but for the groups named cold",
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=110)
 
