@@ -1,21 +1,41 @@
-"""The `keras-npy` command line, run in subprocesses on generated data."""
+"""The `keras-npy` command line on generated data: run in this process through
+`main(argv)`, and once as the installed command in a subprocess."""
 
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
 from keras_npy import normalization_layer
+from keras_npy.__main__ import main
 from helpers import save as _save
 
 
-def _run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "keras_npy", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+def _run(*args):
+    """`keras-npy ARGS` in this process: its exit status and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse: bad arguments, or --help
+            status = exit_.code
+    return types.SimpleNamespace(returncode=status, stdout=out.getvalue(),
+                                 stderr=err.getvalue())
+
+
+def test_the_installed_command_runs(tree):
+    done = subprocess.run([sys.executable, "-m", "keras_npy", "inspect", str(tree), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == "samples: 20 (one per file)"
+    assert _run("inspect", tree, "-q").stdout == done.stdout
 
 
 @pytest.fixture
