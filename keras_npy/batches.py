@@ -28,7 +28,8 @@ def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=
                        shuffle=False, seed=None,
                        label_mode="int", class_names=None, validation_split=None,
                        subset=None, pad_to=None, pad_to_multiple_of=None, padding="post",
-                       truncating="post", pad_value=0, bucket_boundaries=None,
+                       truncating="post", pad_value=0, pad_targets=False,
+                       bucket_boundaries=None,
                        drop_remainder=False, dtype=None, num_shards=1, shard_index=0,
                        shuffle_block_size=None, shuffle_window=None,
                        read_ahead_bytes=READ_AHEAD_BYTES,
@@ -42,6 +43,7 @@ def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=
     _checks.check_dtype(dtype)
     _checks.check_read_ahead_bytes(read_ahead_bytes)
     check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
+    _checks.check_bool("pad_targets", pad_targets)
     if index is None:
         index = build_index(x, y, layout=layout, class_names=class_names,
                             label_mode=label_mode, follow_links=follow_links, verbose=verbose)
@@ -57,8 +59,8 @@ def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=
         bucket_boundaries=bucket_boundaries,
         block_size=shuffle_block_size or _default_block_size(index),
         window=shuffle_window or SHUFFLE_WINDOW)
-    return BatchSource(index, readers, Labels(index, label_mode, padding_spec), order, seed,
-                       read_ahead_bytes)
+    labels = Labels(index, label_mode, padding_spec if pad_targets else None)
+    return BatchSource(index, readers, labels, order, seed, read_ahead_bytes)
 
 
 class BatchSource:
@@ -141,13 +143,19 @@ class BatchSource:
 
 class Labels:
     """Labels of a batch: class labels converted per `label_mode`, or targets
-    read from files like `x`."""
+    read from files like `x`, padded with `padding` (`None`: they keep their
+    own shape, which must then be one shape)."""
 
-    def __init__(self, index: DatasetIndex, label_mode, padding: Padding):
+    def __init__(self, index: DatasetIndex, label_mode, padding: Padding | None = None):
         self.label_mode, self.values, self.reader = label_mode, None, None
         self.num_classes = None if index.class_names is None else len(index.class_names)
         #: Whether batches have no labels.
         self.none = index.y is None or label_mode is None
+        if padding is not None and (self.none or isinstance(index.y, np.ndarray)):
+            raise ValueError("`pad_targets=True` pads targets read from .npy files as x is "
+                             "padded; " + ("there are no targets." if self.none else
+                                           "these labels are held in memory, one per "
+                                           "sample.") + " Received: pad_targets=True")
         if self.none:
             return
         if isinstance(index.y, np.ndarray):
@@ -158,7 +166,8 @@ class Labels:
                              "memory; labels read from .npy files come as stored. Use "
                              'label_mode="int", or pass `y` as an array.')
         else:
-            self.reader = BatchReader(index.y, padding, None, "y")
+            self.reader = BatchReader(index.y, padding or Padding(), None, "y",
+                                      pad_argument="pad_targets" if padding is None else "pad_to")
 
     def _check_array_labels(self) -> None:
         if self.label_mode != "categorical":

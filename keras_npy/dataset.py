@@ -63,6 +63,11 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         truncating: `"pre"` or `"post"`, which end is cut. Defaults to `"post"`.
         pad_value: the value of padded positions, exactly representable in
             the data's dtype. Defaults to `0`.
+        pad_targets: whether targets read from `.npy` files (`y` naming
+            files) are padded as `x` is (`pad_to`, `padding`, `truncating`,
+            `pad_value`): for targets aligned with the samples, such as a
+            label per time step. Otherwise targets keep their own shape, which
+            must be one shape. Defaults to `False`.
         bucket_boundaries: increasing lengths; batches hold samples whose
             first-axis lengths fall in the same bucket. Defaults to `None`.
         drop_remainder: whether a last batch smaller than `batch_size` is
@@ -129,29 +134,77 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
     def __init__(self, x, y=None, *, layout="auto", batch_size=32, shuffle=False, seed=None,
                  label_mode="int", class_names=None, validation_split=None, subset=None,
                  pad_to=None, pad_to_multiple_of=None, padding="post", truncating="post",
-                 pad_value=0, bucket_boundaries=None, drop_remainder=False, dtype=None,
-                 num_shards=1, shard_index=0, shuffle_block_size=None, shuffle_window=None,
-                 read_ahead_bytes=64 * 2**20, follow_links=False, verbose=True,
+                 pad_value=0, pad_targets=False, bucket_boundaries=None, drop_remainder=False,
+                 dtype=None, num_shards=1, shard_index=0, shuffle_block_size=None,
+                 shuffle_window=None, read_ahead_bytes=64 * 2**20, follow_links=False, verbose=True,
                  workers=1, use_multiprocessing=False, max_queue_size=10):
-        _checks.check_workers(workers, use_multiprocessing, max_queue_size)
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size)
-        self._source = build_batch_source(
+        source = build_batch_source(
             x, y, layout=layout, batch_size=batch_size, shuffle=shuffle, seed=seed,
             label_mode=label_mode, class_names=class_names, validation_split=validation_split,
             subset=subset, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
             padding=padding, truncating=truncating, pad_value=pad_value,
-            bucket_boundaries=bucket_boundaries, drop_remainder=drop_remainder, dtype=dtype,
+            pad_targets=pad_targets, bucket_boundaries=bucket_boundaries,
+            drop_remainder=drop_remainder, dtype=dtype,
             num_shards=num_shards, shard_index=shard_index,
             shuffle_block_size=shuffle_block_size, shuffle_window=shuffle_window,
             read_ahead_bytes=read_ahead_bytes, follow_links=follow_links, verbose=verbose)
-        self.index, self.seed, self.label_mode = self._source.index, self._source.seed, label_mode
+        self._start(source, workers, use_multiprocessing, max_queue_size, stacklevel=3)
+
+    @classmethod
+    def from_index(cls, index, *, workers=1, use_multiprocessing=False, max_queue_size=10,
+                   **kwargs) -> "NpyDataset":
+        """An NpyDataset of an index built before (`keras_npy.build_index`),
+        so that several datasets of one tree (a training and a validation
+        subset, folds) read its headers once.
+
+        Args:
+            index: a `DatasetIndex`, built with the `layout`, `label_mode`
+                and `class_names` this dataset would have been given.
+            workers, use_multiprocessing, max_queue_size: as for `NpyDataset`.
+            **kwargs: the batch arguments of `NpyDataset` (`batch_size`,
+                `shuffle`, `seed`, `label_mode`, `validation_split`, `subset`,
+                the padding and ordering arguments, `dtype`, shards, the
+                block shuffle's and `read_ahead_bytes`).
+
+        Example:
+
+        >>> import tempfile, numpy as np, keras_npy
+        >>> path = tempfile.mkdtemp() + "/x.npy"
+        >>> np.save(path, np.zeros((10, 4), "float32"))
+        >>> index = keras_npy.build_index(path)
+        >>> train, val = (NpyDataset.from_index(index, validation_split=0.2, subset=s,
+        ...                                     seed=1) for s in ("training", "validation"))
+        >>> train.num_samples, val.num_samples
+        (8, 2)
+        """
+        dataset = cls.__new__(cls)
+        dataset._start(build_batch_source(index=index, **kwargs), workers,
+                       use_multiprocessing, max_queue_size, stacklevel=3)
+        return dataset
+
+    @classmethod
+    def from_batch_source(cls, source, *, workers=1, use_multiprocessing=False,
+                          max_queue_size=10) -> "NpyDataset":
+        """An NpyDataset of a `keras_npy.batches.BatchSource` (what
+        `npy_dataset_from_directory` builds once for both front ends)."""
+        dataset = cls.__new__(cls)
+        dataset._start(source, workers, use_multiprocessing, max_queue_size, stacklevel=3)
+        return dataset
+
+    def _start(self, source, workers, use_multiprocessing, max_queue_size, stacklevel):
+        _checks.check_workers(workers, use_multiprocessing, max_queue_size)
+        keras.utils.PyDataset.__init__(self, workers=workers,
+                                       use_multiprocessing=use_multiprocessing,
+                                       max_queue_size=max_queue_size)
+        self._source = source
+        self.index, self.seed = source.index, source.seed
+        self.label_mode = source.labels.label_mode
         parallel = workers > 1 or (workers > 0 and use_multiprocessing)
-        self._batch_workers = BatchWorkers(self._source, workers, use_multiprocessing,
+        self._batch_workers = BatchWorkers(source, workers, use_multiprocessing,
                                            max_queue_size) if parallel else None
         self.epoch = 0
         if not self._has_own_pipeline():
-            _warn_if_shapes_vary_on_tensorflow(self._source.readers, stacklevel=3)
+            _warn_if_shapes_vary_on_tensorflow(source.readers, stacklevel=stacklevel)
 
     @property
     def workers(self) -> int:
@@ -212,7 +265,7 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
     def to_tf_dataset(self):
         """The same batches as a `tf.data.Dataset`: what `keras_npy.npy_dataset`
         returns for this dataset's arguments (its first iteration is epoch 0)."""
-        from keras_npy.tf_dataset import source_to_tf_dataset
+        from keras_npy.tf_pipeline import source_to_tf_dataset
 
         return source_to_tf_dataset(self._source)
 
@@ -237,7 +290,7 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
                 or (shuffle and not self._source.order.shuffle)):
             _warn_if_shapes_vary_on_tensorflow(self._source.readers, stacklevel=2)
             return None
-        from keras_npy.tf_dataset import source_to_tf_dataset
+        from keras_npy.tf_pipeline import source_to_tf_dataset
 
         return source_to_tf_dataset(self._source, epoch=lambda: self.epoch)
 

@@ -11,9 +11,11 @@ import time
 import numpy as np
 
 from keras_npy.dataset import NpyDataset
+from keras_npy.index import build_index
 from keras_npy.layers import PadOrTrim, normalization_layer
 
 MAX_STEPS = 40
+
 
 def write_demo_data(directory: str, num_samples: int = 2000, seed: int = 0) -> None:
     """Writes `num_samples` float32 sequences of 8 features and 12 to 40 steps,
@@ -63,12 +65,13 @@ def run_demo(num_samples: int = 2000, epochs: int = 3, directory: str | None = N
         data = os.path.join(directory, "data")
         write_demo_data(data, num_samples)
         started = time.perf_counter()
-        split = dict(validation_split=0.2, seed=0, verbose=bool(verbose))
-        batches = dict(y="inferred", label_mode="binary", batch_size=64, pad_to=MAX_STEPS,
-                       **split)
-        train = NpyDataset(data, subset="training", shuffle=True, **batches)
-        val = NpyDataset(data, subset="validation", **batches)
-        normalization = normalization_layer(data, subset="training", shuffle=True, **split)
+        # The headers are read once; both subsets and the statistics use that index.
+        index = build_index(data, "inferred", label_mode="binary", verbose=bool(verbose))
+        batches = dict(label_mode="binary", batch_size=64, pad_to=MAX_STEPS,
+                       validation_split=0.2, seed=0)
+        train = NpyDataset.from_index(index, subset="training", shuffle=True, **batches)
+        val = NpyDataset.from_index(index, subset="validation", **batches)
+        normalization = normalization_layer(train)  # training samples only, unpadded
         result = {"num_samples": train.num_samples + val.num_samples,
                   "class_names": train.class_names,
                   "index_seconds": time.perf_counter() - started}

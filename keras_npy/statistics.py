@@ -18,6 +18,40 @@ from keras_npy.index import FileIndex, RowIndex
 from keras_npy.read import BatchReader, Padding
 
 _CHUNK_BYTES = 32 * 2**20
+# The keywords of `normalization_layer` that decide which samples are counted
+# (the split and shard of a training set) and how the data is found; batching
+# and padding do not change statistics of unpadded samples.
+_INDEX_KEYWORDS = ("layout", "shuffle", "seed", "validation_split", "subset", "num_shards",
+                   "shard_index", "follow_links", "verbose")
+
+
+def data_statistics(data, axis, kwargs: dict):
+    """`(mean, variance, sample shape)` of the unpadded samples of `data` (an
+    `NpyDataset`, or what it takes as `x`, with the keywords of
+    `normalization_layer` that select samples): what that layer is made of."""
+    from keras_npy.batches import build_batch_source
+    from keras_npy.dataset import NpyDataset
+
+    if isinstance(data, NpyDataset):
+        if kwargs:
+            raise TypeError("normalization_layer() takes no keywords with an NpyDataset, whose "
+                            f"own arguments select the samples. Received: {sorted(kwargs)}")
+        source = data._source
+    else:
+        unknown = sorted(set(kwargs) - set(_INDEX_KEYWORDS))
+        if unknown:
+            raise TypeError(f"normalization_layer() got unexpected keyword arguments {unknown}; "
+                            f"it takes {', '.join(_INDEX_KEYWORDS)}.")
+        # Padding only lets batches of varying shapes stack; statistics never read it.
+        source = build_batch_source(data, pad_to="longest", **kwargs)
+    if source.multi_input:
+        raise ValueError("normalization_layer() normalizes one input, but the data has "
+                         f"{len(source.index.x)}: {sorted(source.index.x)}. Pass one input's "
+                         "files.")
+    x = source.index.x
+    mean, variance = sample_statistics(x, source.order.sample_ids, axis,
+                                       verbose=kwargs.get("verbose", True))
+    return mean, variance, x.sample_shape
 
 
 class RunningMoments:

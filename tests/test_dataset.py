@@ -137,11 +137,79 @@ def test_per_sample_target_files_and_dict_inputs(tmp_path):
         _save(str(tmp_path / "b" / f"{k}.npy"), np.full((2, 2), -k, "int8"))
         _save(str(tmp_path / "t" / f"{k}.npy"), np.full(k + 1, k, "int64"))
     ds = NpyDataset({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")},
-                    y=str(tmp_path / "t"), batch_size=3, pad_to="longest")
+                    y=str(tmp_path / "t"), batch_size=3, pad_to="longest", pad_targets=True)
     x, y = ds[0]
     assert sorted(x) == ["a", "b"]
     assert x["a"][:, 0].tolist() == [0, 1, 2] and x["b"][:, 0, 0].tolist() == [0, -1, -2]
     assert y.tolist() == [[0, 0, 0], [1, 1, 0], [2, 2, 2]]
+
+
+@pytest.fixture
+def short_clips(tmp_path):
+    """Six samples of (6 + k, 2) float32 in two class folders; returns the root."""
+    for k in range(6):
+        _save(str(tmp_path / "clips" / ("a" if k < 3 else "b") / f"{k}.npy"),
+              np.full((6 + k, 2), k, "float32"))
+    return tmp_path / "clips"
+
+
+@pytest.mark.parametrize("kind", ["labels (n,)", "labels (n, k)", "row-aligned file (n, 2)",
+                                  "row-aligned file (n,)", "per-sample files (2,)",
+                                  "per-sample files, scalars"])
+def test_targets_keep_their_own_shape_when_samples_are_padded(short_clips, tmp_path, kind):
+    ids = np.arange(6)
+    expected = {"labels (n,)": ids, "labels (n, k)": np.stack([ids, -ids], 1),
+                "row-aligned file (n, 2)": np.stack([ids, ids * 10], 1).astype("int16"),
+                "row-aligned file (n,)": ids.astype("float64"),
+                "per-sample files (2,)": np.stack([ids, ids + 1], 1).astype("int32"),
+                "per-sample files, scalars": ids.astype("float32")}[kind]
+    if kind.startswith("labels"):
+        y = expected
+    elif kind.startswith("row-aligned"):
+        y = _save(str(tmp_path / "y.npy"), expected)
+    else:
+        for k in range(6):
+            _save(str(tmp_path / "t" / ("a" if k < 3 else "b") / f"{k}.npy"), expected[k])
+        y = str(tmp_path / "t")
+    for pad_to in (4, "longest", (9, None)):
+        ds = NpyDataset(short_clips, y=y, batch_size=4, pad_to=pad_to)
+        x, targets = ds[0]
+        assert x.shape[1] == {4: 4, "longest": 9, (9, None): 9}[pad_to]
+        assert targets.dtype == expected.dtype
+        np.testing.assert_array_equal(targets, expected[:4])  # neither padded nor cut
+        np.testing.assert_array_equal(ds[1][1], expected[4:])
+
+
+def test_targets_that_vary_in_shape_are_padded_only_when_asked(short_clips, tmp_path):
+    for k in range(6):
+        _save(str(tmp_path / "t" / ("a" if k < 3 else "b") / f"{k}.npy"),
+              np.full(6 + k, k, "int8"))  # a label per time step
+    with pytest.raises(ValueError) as error:
+        NpyDataset(short_clips, y=str(tmp_path / "t"), batch_size=4, pad_to=8)
+    assert str(error.value) == (
+        f"Samples of y differ in shape on axis 0: {tmp_path / 't' / 'a' / '0.npy'} has shape "
+        f"(6,), {tmp_path / 't' / 'b' / '5.npy'} has shape (11,). Targets keep their own shape "
+        "unless `pad_targets=True` pads them as x is padded (`pad_to`, `padding`, "
+        "`truncating`, `pad_value`). Received: pad_targets=False")
+    ds = NpyDataset(short_clips, y=str(tmp_path / "t"), batch_size=4, pad_to=8,
+                    padding="pre", truncating="pre", pad_value=-1, pad_targets=True)
+    x, y = ds[0]
+    assert x.shape == (4, 8, 2) and y.shape == (4, 8) and y.dtype == np.int8
+    assert y.tolist() == [[-1, -1, 0, 0, 0, 0, 0, 0], [-1, 1, 1, 1, 1, 1, 1, 1],
+                          [2] * 8, [3] * 8]  # as x: padded before, cut at the start
+
+
+def test_pad_targets_needs_targets_in_files(short_clips):
+    for y, found in ((np.arange(6), "these labels are held in memory, one per sample."),
+                     ("inferred", "these labels are held in memory, one per sample."),
+                     (None, "there are no targets.")):
+        with pytest.raises(ValueError) as error:
+            NpyDataset(short_clips, y=y, pad_to=4, pad_targets=True)
+        assert str(error.value) == ("`pad_targets=True` pads targets read from .npy files as x "
+                                    f"is padded; {found} Received: pad_targets=True")
+    with pytest.raises(TypeError, match=r"^`pad_targets` must be True or False. "
+                       r"Received: pad_targets='yes'$"):
+        NpyDataset(short_clips, pad_targets="yes")
 
 
 def test_global_shuffle_seeded_exactly_once_and_new_each_epoch(tmp_path):

@@ -430,3 +430,29 @@ def test_layers_inside_a_tf_data_map():
 def test_the_public_names():
     assert keras_npy.layers.__all__ == ["PadOrTrim", "Standardize", "normalization_layer"]
     assert keras_npy.normalization_layer is normalization_layer
+
+
+def test_the_layers_import_keras_and_numpy_only():
+    """The layers stand apart from the loader (index, read stage, front ends),
+    which only `normalization_layer` imports, when it is called to read data;
+    argument checks they share with it are plain functions."""
+    import ast
+
+    folder = os.path.dirname(keras_npy.layers.__file__)
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:  # module-level imports only
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] in {"keras", "numpy", "__future__", "math", "numbers",
+                                                "os", "sys", "types"} or (
+                    module == "keras_npy._checks" or module.startswith("keras_npy.layers.")), (
+                    f"{name} imports {module}")

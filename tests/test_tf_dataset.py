@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory, tf_dataset
+import keras_npy
+from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory, tf_pipeline
 from keras_npy.batches import build_batch_source
 from helpers import save as _save
 
@@ -79,7 +80,7 @@ def test_same_batches_as_npy_dataset(data, case):
 def test_same_batches_one_or_a_few_per_read(data, case, max_stack, monkeypatch):
     # Small batches of one shape are read several per call and split again:
     # by one (no stacking), and by 3 with batches left over after the stacks.
-    monkeypatch.setattr(tf_dataset, "MAX_STACK", max_stack)
+    monkeypatch.setattr(tf_pipeline, "MAX_STACK", max_stack)
     args, kwargs = CASES[case](data)
     dataset = npy_dataset(*args, **kwargs)
     _assert_same_batches(dataset, NpyDataset(*args, **kwargs), epochs=3)
@@ -89,10 +90,10 @@ def test_same_batches_one_or_a_few_per_read(data, case, max_stack, monkeypatch):
                                                           (56, 2, False), (5, 8, False)])
 def test_units_cover_every_batch_once_in_order(num_samples, batch_size, drop, monkeypatch,
                                                tmp_path):
-    monkeypatch.setattr(tf_dataset, "MAX_STACK", 4)
+    monkeypatch.setattr(tf_pipeline, "MAX_STACK", 4)
     path = _save(str(tmp_path / "x.npy"), np.zeros((num_samples, 3), "float32"))
     source = build_batch_source(path, batch_size=batch_size, drop_remainder=drop)
-    units = tf_dataset._Units(source, tf.nest.flatten(tf_dataset._element_spec(source)))
+    units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline._element_spec(source)))
     covered = [b for u in range(units.count)
                for first, count in [units.batches(u)] for b in range(first, first + count)]
     assert covered == list(range(source.order.num_batches))
@@ -108,7 +109,7 @@ def test_batches_under_a_mebibyte_are_read_four_mebibytes_a_call(row_bytes, stac
     # of 64 bytes: MAX_STACK.
     path = _save(str(tmp_path / "x.npy"), np.zeros((256 * 80, row_bytes // 4), "float32"))
     source = build_batch_source(path, batch_size=256)
-    units = tf_dataset._Units(source, tf.nest.flatten(tf_dataset._element_spec(source)))
+    units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline._element_spec(source)))
     assert (units.stack, units.stacked) == (stack, stack > 1)
 
 
@@ -168,6 +169,33 @@ def test_from_directory_as_pydatasets(data):
     tf_train = npy_dataset_from_directory(data["dir"], validation_split=0.25,
                                           subset="training", seed=7, pad_to=6, verbose=False)
     _assert_same_batches(tf_train, train, epochs=1)
+    assert train.index is val.index  # the headers were read once for both subsets
+    threaded, _ = npy_dataset_from_directory(data["dir"], validation_split=0.25, seed=7,
+                                             subset="both", pad_to=6, format="pydataset",
+                                             verbose=False, workers=2)
+    tf_train = npy_dataset_from_directory(data["dir"], validation_split=0.25,
+                                          subset="training", seed=7, pad_to=6, verbose=False)
+    _assert_same_batches(tf_train, threaded, epochs=2)
+    with pytest.raises(ValueError, match=r"^`workers` sets the reading workers of an "
+                       r"NpyDataset \(format=\"pydataset\"\); tf.data reads in parallel "
+                       r"itself. Received: format=\"tf\"$"):
+        npy_dataset_from_directory(data["dir"], pad_to=6, workers=2)
+
+
+def test_an_npy_dataset_from_an_index_built_once(data):
+    index = keras_npy.build_index(data["dir"], "inferred", label_mode="categorical")
+    kwargs = dict(label_mode="categorical", validation_split=0.25, seed=3, shuffle=True,
+                  pad_to=6, batch_size=4)
+    for subset in ("training", "validation"):
+        direct = NpyDataset(data["dir"], "inferred", subset=subset, **kwargs)
+        again = NpyDataset.from_index(index, subset=subset, **kwargs)
+        assert again.index is index and again.class_names == ["cat", "dog", "eel"]
+        for epoch in range(2):
+            for i in range(len(direct)):
+                for a, b in zip(direct[i], again[i]):
+                    np.testing.assert_array_equal(a, b)
+            direct.on_epoch_end()
+            again.on_epoch_end()
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -295,3 +323,23 @@ def test_pipelines_built_and_dropped_keep_no_descriptors(tmp_path):
     # One table of open files per process, shared: the three files, each with
     # its descriptor and its map's.
     assert len(os.listdir("/proc/self/fd")) <= fds + 2 * 3
+
+
+def test_the_front_ends_are_siblings_over_one_batch_source():
+    """NpyDataset and npy_dataset never import each other (not even inside a
+    function): both sit on `batches` and the shared pipeline."""
+    import ast
+
+    folder = os.path.dirname(keras_npy.__file__)
+    for name, other in (("dataset", "tf_dataset"), ("tf_dataset", "dataset")):
+        with open(os.path.join(folder, f"{name}.py")) as f:
+            tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        assert f"keras_npy.{other}" not in imported and "keras_npy.from_directory" not in imported
+        assert "keras_npy.batches" in imported

@@ -11,18 +11,8 @@ Keras' own layer, saved and exported like any other.
 from __future__ import annotations
 
 import os
-import warnings
 
 import keras
-
-from keras_npy.dataset import NpyDataset
-from keras_npy.statistics import load_statistics
-
-# The keywords that decide which samples are counted (the split and shard of
-# a training set) and how the data is found; batching and padding do not
-# change statistics of unpadded samples.
-_INDEX_KEYWORDS = ("layout", "shuffle", "seed", "validation_split", "subset", "num_shards",
-                   "shard_index", "follow_links", "verbose")
 
 
 def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
@@ -66,33 +56,20 @@ def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
     >>> np.asarray(layer(np.array([[2.0, 20.0]]))).tolist()
     [[0.0, 0.0]]
     """
+    # The data is read by the loader, imported here: the layers need Keras only.
     if isinstance(data, (str, os.PathLike)) and os.fspath(data).endswith(".npz"):
         return _from_statistics_file(os.fspath(data), axis, kwargs)
-    if isinstance(data, NpyDataset):
-        if kwargs:
-            raise TypeError("normalization_layer() takes no keywords with an NpyDataset, whose "
-                            f"own arguments select the samples. Received: {sorted(kwargs)}")
-        dataset = data
-    else:
-        unknown = sorted(set(kwargs) - set(_INDEX_KEYWORDS))
-        if unknown:
-            raise TypeError(f"normalization_layer() got unexpected keyword arguments {unknown}; "
-                            f"it takes {', '.join(_INDEX_KEYWORDS)}.")
-        with warnings.catch_warnings():  # about fit on varying shapes: no fit here
-            warnings.filterwarnings("ignore", message="Batches of x vary in shape")
-            # Padding only lets batches of varying shapes stack; statistics never read it.
-            dataset = NpyDataset(data, pad_to="longest", **kwargs)
-    if isinstance(dataset.index.x, dict):
-        raise ValueError("normalization_layer() normalizes one input, but the data has "
-                         f"{len(dataset.index.x)}: {sorted(dataset.index.x)}. Pass one input's "
-                         "files.")
-    mean, variance = dataset.statistics(axis=axis, verbose=kwargs.get("verbose", True))
+    from keras_npy.statistics import data_statistics
+
+    mean, variance, sample_shape = data_statistics(data, axis, kwargs)
     layer = keras.layers.Normalization(axis=axis, mean=mean, variance=variance)
-    layer.build((None, *dataset.index.x.sample_shape))  # so that `.mean` is there to see
+    layer.build((None, *sample_shape))  # so that `.mean` is there to see
     return layer
 
 
 def _from_statistics_file(path: str, axis, kwargs: dict) -> keras.layers.Normalization:
+    from keras_npy.statistics import load_statistics
+
     if kwargs:
         raise TypeError("normalization_layer() takes no keywords with a statistics file. "
                         f"Received: {sorted(kwargs)}")

@@ -60,8 +60,9 @@ class BatchReader:
     """
 
     def __init__(self, index: FileIndex | RowIndex, padding: Padding, dtype=None,
-                 name: str = "x"):
+                 name: str = "x", pad_argument: str = "pad_to"):
         self.index, self.padding, self.name = index, padding, name
+        self._pad_argument = pad_argument
         self.stored = index.dtype
         self.native = index.dtype.newbyteorder("=")
         self.dtype = np.dtype(dtype) if dtype is not None else self.native
@@ -126,11 +127,17 @@ class BatchReader:
                 shapes = self.index.shapes[:, axis]
                 a, b = int(np.argmin(shapes)), int(np.argmax(shapes))
                 paths = self.index.paths
+                found = (f"Samples of {self.name} differ in shape on axis {axis}: "
+                         f"{paths[a]} has shape {tuple(self.index.shapes[a].tolist())}, "
+                         f"{paths[b]} has shape {tuple(self.index.shapes[b].tolist())}.")
+                if self._pad_argument == "pad_targets":  # targets keep their own shape
+                    raise ValueError(f"{found} Targets keep their own shape unless "
+                                     "`pad_targets=True` pads them as x is padded (`pad_to`, "
+                                     "`padding`, `truncating`, `pad_value`). "
+                                     "Received: pad_targets=False")
                 raise ValueError(
-                    f"Samples of {self.name} differ in shape on axis {axis}: "
-                    f"{paths[a]} has shape {tuple(self.index.shapes[a].tolist())}, {paths[b]} "
-                    f"has shape {tuple(self.index.shapes[b].tolist())}. Pass `pad_to` to pad "
-                    "them to one shape per batch: pad_to=\"longest\", an int, or a tuple. "
+                    f"{found} Pass `pad_to` to pad them to one shape per batch: "
+                    f"pad_to=\"longest\", an int, or a tuple. "
                     f"Received: pad_to={self.padding.pad_to!r}")
 
     # Rows.
