@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -25,10 +26,12 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keras-npy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"keras-npy {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="what a tree of .npy files holds, and "
                                   "every file that is wrong (exit status 1 if any)")
     inspect.add_argument("path", help="a directory, glob or .npy file")
+    _add_layout_option(inspect)
     _add_source_options(inspect)
     inspect.set_defaults(run=_inspect)
 
@@ -40,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                        "(e.g. -1, '1,2' or 'none'); default -1")
     stats.add_argument("--output", "-o", default="stats.npz",
                        help="the .npz file to write; default stats.npz")
-    stats.add_argument("--layout", choices=("auto", "files", "rows"), default="auto")
+    stats.add_argument("--force", "-f", action="store_true",
+                       help="overwrite the output file if it exists")
+    _add_layout_option(stats)
     _add_source_options(stats)
     stats.set_defaults(run=_stats)
 
@@ -51,15 +56,34 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=int, default=200,
                        help="batches read per pass; default 200")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_layout_option(bench)
     _add_source_options(bench)
     bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="generate .npy data on disk, train on it with "
                                "both front ends, export and serve the model")
-    demo.add_argument("--samples", type=int, default=2000, help="samples to generate")
-    demo.add_argument("--epochs", type=int, default=3, help="training epochs")
+    demo.add_argument("--samples", type=int, default=2000,
+                      help="samples to generate; default 2000")
+    demo.add_argument("--epochs", type=int, default=3,
+                      help="training epochs per front end; default 3")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("keras-npy")
+    except metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def _add_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", choices=("auto", "files", "rows"), default="auto",
+                        help="files: a sample per file; rows: the rows of the files are the "
+                        "samples; auto (default): rows for a single .npy file, files "
+                        "otherwise")
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +106,8 @@ def _axis(text: str):
 def _inspect(args) -> int:
     from keras_npy.inspection import format_report, inspect_source
 
-    report = inspect_source(args.path, follow_links=args.follow_links, verbose=not args.quiet)
+    report = inspect_source(args.path, layout=args.layout, follow_links=args.follow_links,
+                            verbose=not args.quiet)
     print(format_report(report))
     return 1 if report.problems else 0
 
@@ -91,6 +116,9 @@ def _stats(args) -> int:
     from keras_npy.dataset import NpyDataset
     from keras_npy.statistics import save_statistics
 
+    if os.path.exists(args.output) and not args.force:
+        raise ValueError(f"{args.output} exists; pass --force to overwrite it, or --output "
+                         "to write another file.")
     dataset = NpyDataset(args.path, layout=args.layout, pad_to="longest",
                          follow_links=args.follow_links, verbose=not args.quiet)
     mean, variance = dataset.statistics(axis=args.axis, verbose=not args.quiet)
@@ -107,7 +135,7 @@ def _bench(args) -> int:
     from keras_npy.bench import bench_source, format_bench
 
     result = bench_source(args.path, batch_size=args.batch_size, max_batches=args.batches,
-                          follow_links=args.follow_links)
+                          layout=args.layout, follow_links=args.follow_links)
     print(json.dumps(result) if args.json else format_bench(result, args.path))
     return 0
 

@@ -22,7 +22,7 @@ from keras_npy.index import FileIndex
 
 
 def bench_source(source: str, *, batch_size: int = 32, max_batches: int = 200,
-                 repeats: int = 3, follow_links: bool = False) -> dict:
+                 repeats: int = 3, layout: str = "auto", follow_links: bool = False) -> dict:
     """Measures the read rates of up to `max_batches` batches of `source`.
 
     Args:
@@ -31,6 +31,7 @@ def bench_source(source: str, *, batch_size: int = 32, max_batches: int = 200,
         max_batches: batches read per pass (the first ones of an unshuffled
             epoch). Defaults to `200`.
         repeats: timed passes per reader; the median is kept. Defaults to `3`.
+        layout: as `NpyDataset`'s. Defaults to `"auto"`.
         follow_links: as `NpyDataset`'s. Defaults to `False`.
 
     Returns:
@@ -40,8 +41,8 @@ def bench_source(source: str, *, batch_size: int = 32, max_batches: int = 200,
         `npy_dataset_start_seconds` is then the median time of a one-batch pass.
     """
     # "longest" pads only the axes whose size varies: none, for fixed shapes.
-    dataset = NpyDataset(source, batch_size=batch_size, follow_links=follow_links,
-                         pad_to="longest", verbose=False)
+    dataset = NpyDataset(source, layout=layout, batch_size=batch_size,
+                         follow_links=follow_links, pad_to="longest", verbose=False)
     num_batches = min(len(dataset), max_batches)
     num_samples = min(dataset.num_samples, num_batches * batch_size)
     index = dataset.index.x

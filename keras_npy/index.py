@@ -22,6 +22,7 @@ import array
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -371,10 +372,14 @@ def _read_chunk(paths: Sequence[str], chunk: range) -> list[NpyHeader]:
 
 class Progress:
     """A `keras.utils.Progbar` that appears only once the work has taken
-    `_PROGRESS_AFTER_SECONDS` (Keras is imported only then)."""
+    `_PROGRESS_AFTER_SECONDS` (Keras is imported only then), and only on a
+    terminal or in a notebook: in a pipe or a log file, its redrawing escapes
+    would be text."""
 
     def __init__(self, total: int, verbose: bool):
-        self.total, self.verbose, self.done = total, verbose, 0
+        interactive = "ipykernel" in sys.modules or (
+            hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
+        self.total, self.verbose, self.done = total, verbose and interactive, 0
         self.started, self.bar = time.perf_counter(), None
 
     def add(self, count: int) -> None:

@@ -28,11 +28,12 @@ class Inspection:
 
     Attributes:
         source: the path, glob or directory inspected.
-        layout: `"files"` (a sample per file) or `"rows"` (a single file's rows).
+        layout: `"files"` (a sample per file) or `"rows"` (the rows of the
+            files are the samples).
         num_files: `.npy` files found.
         nbytes: their size on disk, in bytes.
-        classes: files per class folder (the first folder under a directory);
-            empty when the files are not in folders.
+        classes: usable files per class folder (the first folder under a
+            directory); empty when the files are not in folders, or are rows.
         dtypes: files per dtype (as stored, e.g. `<f4`).
         shapes: the shape of every readable file, in walk order.
         problems: `(path, reason)` for every file that cannot be used.
@@ -54,12 +55,14 @@ class Inspection:
         return len(self.shapes)
 
 
-def inspect_source(source: str, *, follow_links: bool = False,
+def inspect_source(source: str, *, layout: str = "auto", follow_links: bool = False,
                    verbose: bool = True) -> Inspection:
     """Reads the header of every `.npy` file of `source` and reports on them.
 
     Args:
         source: a directory (walked recursively), a glob, or a `.npy` path.
+        layout: as `NpyDataset`'s: `"files"`, `"rows"`, or `"auto"` (rows for
+            a single file path, files otherwise). Defaults to `"auto"`.
         follow_links: whether the walk enters links to folders. Defaults to
             `False`.
         verbose: whether a progress bar is shown on long scans. Defaults to
@@ -74,20 +77,23 @@ def inspect_source(source: str, *, follow_links: bool = False,
     unreadable = []
     paths = sources.find_files(source, follow_links=follow_links, name="PATH",
                                problems=unreadable)
-    single = len(paths) == 1 and os.path.isfile(source)
-    report = Inspection(source, "rows" if single else "files", num_files=len(paths),
-                        problems=unreadable)
-    headers = []
+    if layout not in ("auto", "files", "rows"):
+        raise ValueError('`layout` must be "auto", "files" or "rows". '
+                         f"Received: layout={layout!r}")
+    if layout == "auto":
+        layout = "rows" if len(paths) == 1 and os.path.isfile(source) else "files"
+    report = Inspection(source, layout, num_files=len(paths), problems=unreadable)
+    headers, classes = [], []
     progress = index_lib.Progress(len(paths), verbose)
     for i, path in enumerate(paths):
         report.nbytes += _size(path)
-        report.classes[_class_of(paths, i)] += 1
         try:
             headers.append(read_header(path))
+            classes.append(_class_of(paths, i) if layout == "files" else None)
         except (ValueError, OSError) as error:
             report.problems.append((path, _reason(path, error)))
         progress.add(1)
-    _check_agreement(headers, report)
+    _check_agreement(headers, classes, report)
     report.classes.pop(None, None)
     return report
 
@@ -96,7 +102,8 @@ def format_report(report: Inspection) -> str:
     """The report `keras-npy inspect` prints."""
     lines = [f"{report.source}: {report.num_files:,} .npy file{_s(report.num_files)}, "
              f"{_megabytes(report.nbytes)} on disk"]
-    per = "one per file" if report.layout == "files" else "the rows of the file"
+    per = "one per file" if report.layout == "files" else (
+        f"the rows of the file{_s(report.num_files)}")
     lines.append(f"samples: {report.num_samples:,} ({per})")
     if report.classes:
         listed = ", ".join(f"{name} ({count:,})" for name, count in sorted(report.classes.items()))
@@ -110,25 +117,35 @@ def format_report(report: Inspection) -> str:
     return "\n".join(lines)
 
 
-def _check_agreement(headers: list, report: Inspection) -> None:
-    """Counts dtypes, keeps shapes, and reports files whose dtype or rank
-    differs from the most common one (the index would refuse them)."""
+def _check_agreement(headers: list, classes: list, report: Inspection) -> None:
+    """Counts dtypes, classes and keeps shapes of the usable files, and reports
+    those whose dtype, rank (or, as rows, row shape) differs from the most
+    common one, and scalars as rows: the index would refuse them."""
     if not headers:
         return
+    rows = report.layout == "rows"
     dtypes = collections.Counter(h.dtype.str for h in headers)
     ranks = collections.Counter(len(h.shape) for h in headers)
+    row_shapes = collections.Counter(h.shape[1:] for h in headers if h.shape)
     dtype, rank = dtypes.most_common(1)[0][0], ranks.most_common(1)[0][0]
-    for header in headers:
+    row_shape = row_shapes.most_common(1)[0][0] if row_shapes else None
+    for header, name in zip(headers, classes):
         if header.dtype.str != dtype:
             report.problems.append((header.path, f"dtype {header.dtype.name} ({header.dtype.str})"
                                     f" differs from the other files' {np.dtype(dtype).name} "
                                     f"({dtype})"))
+        elif rows and not header.shape:
+            report.problems.append((header.path, "a scalar has no rows"))
+        elif rows and header.shape[1:] != row_shape:
+            report.problems.append((header.path, f"rows of shape {header.shape[1:]} differ "
+                                    f"from the other files' {row_shape}"))
         elif len(header.shape) != rank:
             report.problems.append((header.path, f"shape {header.shape} has {len(header.shape)} "
                                     f"axes, the other files have {rank}"))
         else:
             report.dtypes[dtype] += 1
             report.shapes.append(header.shape)
+            report.classes[name] += 1
 
 
 def _shape_lines(report: Inspection) -> list[str]:
@@ -136,8 +153,13 @@ def _shape_lines(report: Inspection) -> list[str]:
         return []
     shapes = np.array(report.shapes, dtype=np.int64).reshape(len(report.shapes), -1)
     if report.layout == "rows":
-        shape = tuple(int(d) for d in shapes[0])
-        return [f"shape: {shape}: rows of shape {shape[1:]}"]
+        if len(shapes) == 1:
+            shape = tuple(int(d) for d in shapes[0])
+            return [f"shape: {shape}: rows of shape {shape[1:]}"]
+        row_shape = tuple(int(d) for d in shapes[0, 1:])
+        counts = shapes[:, 0]
+        return [f"rows of shape {row_shape}: {int(counts.min()):,} to {int(counts.max()):,} "
+                "per file"]
     low, high = shapes.min(axis=0), shapes.max(axis=0)
     summary = tuple(int(a) if a == b else None for a, b in zip(low, high))
     lines = [f"sample shape: {summary}" + ("" if None not in summary else

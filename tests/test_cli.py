@@ -129,8 +129,7 @@ def test_inspect_a_tree_where_every_file_is_bad(tmp_path):
     done = _run("inspect", root, "--quiet")
     assert done.returncode == 1, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        "samples: 0 (one per file)",
-        "classes: 1: a (2)",
+        "samples: 0 (one per file)",  # and no class: none of its files can be used
         "problems: 2",
         f"  {truncated}: expected 48 data bytes for shape (4, 3) of dtype float32, found 2; "
         "the file is truncated.",
@@ -217,3 +216,63 @@ def test_bad_arguments_exit_with_usage(tree):
     assert "argument --axis: expected an integer, integers separated by commas, or 'none'; " \
            "found 'x'" in done.stderr
     assert _run("frobnicate").returncode == 2
+
+
+def test_inspect_row_files_as_rows(tmp_path):
+    for k, n in enumerate((300, 200, 100)):
+        _save(str(tmp_path / "parts" / f"{k}.npy"), np.zeros((n, 16), "float32"))
+    _save(str(tmp_path / "parts" / "3.npy"), np.zeros((50, 8), "float32"))
+    _save(str(tmp_path / "parts" / "4.npy"), np.float32(1))
+    as_files = _run("inspect", tmp_path / "parts", "-q")
+    assert as_files.stdout.splitlines()[1] == "samples: 4 (one per file)"
+    done = _run("inspect", tmp_path / "parts", "--layout", "rows", "-q")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "samples: 600 (the rows of the files)",
+        "dtypes: float32 (3 files)",
+        "rows of shape (16,): 100 to 300 per file",
+        "problems: 2",
+        f"  {tmp_path / 'parts' / '3.npy'}: rows of shape (8,) differ from the other files' "
+        "(16,)",
+        f"  {tmp_path / 'parts' / '4.npy'}: a scalar has no rows",
+    ]
+
+
+def test_usable_files_are_counted_per_class(tmp_path):
+    _save(str(tmp_path / "tree" / "a" / "0.npy"), np.array([{"a": 1}], dtype=object),
+          allow_pickle=True)
+    _save(str(tmp_path / "tree" / "b" / "0.npy"), np.zeros(3, "float32"))
+    done = _run("inspect", tmp_path / "tree", "-q")
+    assert done.stdout.splitlines()[1:3] == ["samples: 1 (one per file)", "classes: 1: b (1)"]
+
+
+def test_stats_refuses_to_overwrite_unless_forced(tree, tmp_path):
+    output = tmp_path / "stats.npz"
+    output.write_bytes(b"mine")
+    done = _run("stats", tree, "-o", output, "-q")
+    assert done.returncode == 1 and output.read_bytes() == b"mine"
+    assert done.stderr == (f"keras-npy stats: error: {output} exists; pass --force to overwrite "
+                           "it, or --output to write another file.\n")
+    assert _run("stats", tree, "-o", output, "-q", "--force").returncode == 0
+    normalization_layer(str(output))
+
+
+def test_version_and_help(capsys):
+    from importlib import metadata
+
+    done = _run("--version")
+    assert done.returncode == 0
+    assert done.stdout == f"keras-npy {metadata.version('keras-npy')}\n"
+    for command in ("inspect", "stats", "bench", "demo"):
+        text = _run(command, "--help").stdout
+        assert "--layout" in text or command == "demo"
+        assert command != "demo" or "default 2000" in text
+
+
+def test_no_progress_bar_in_a_pipe(tree, monkeypatch):
+    from keras_npy import index
+
+    monkeypatch.setattr(index, "_PROGRESS_AFTER_SECONDS", -1.0)  # at once, were it shown
+    done = _run("inspect", tree)  # stdout is not a terminal here
+    assert "\x1b" not in done.stdout + done.stderr and "\r" not in done.stdout + done.stderr
+    assert done.stdout.splitlines()[1] == "samples: 20 (one per file)"
