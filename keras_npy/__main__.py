@@ -122,7 +122,8 @@ def _stats(args) -> int:
     dataset = NpyDataset(args.path, layout=args.layout, pad_to="longest",
                          follow_links=args.follow_links, verbose=not args.quiet)
     mean, variance = dataset.statistics(axis=args.axis, verbose=not args.quiet)
-    save_statistics(args.output, mean, variance, args.axis, dataset.num_samples)
+    save_statistics(args.output, mean, variance, args.axis, dataset.num_samples,
+                    dataset.index.x.sample_shape)
     print(f"{args.path}: {dataset.num_samples:,} samples; axis={args.axis!r}: mean and "
           f"variance of shape {mean.shape} written to {args.output}")
     with _numpy_print_options():

@@ -183,16 +183,21 @@ _STATISTICS_KEYS = ("mean", "variance", "axis", "num_samples")
 
 
 def save_statistics(path: str, mean: np.ndarray, variance: np.ndarray, axis,
-                    num_samples: int) -> None:
+                    num_samples: int, sample_shape: tuple | None = None) -> None:
     """Writes statistics to an `.npz` file that `load_statistics` (and
     `keras_npy.normalization_layer`) reads back: float64 `mean` and
-    `variance`, the `axis` they keep (as JSON text), and the sample count."""
+    `variance`, the `axis` they keep and the shape of a sample (`None` where
+    sizes vary; both as JSON text), and the sample count."""
     np.savez(path, mean=np.asarray(mean, np.float64), variance=np.asarray(variance, np.float64),
-             axis=np.array(json.dumps(axis)), num_samples=np.int64(num_samples))
+             axis=np.array(json.dumps(axis)), num_samples=np.int64(num_samples),
+             sample_shape=np.array(json.dumps(None if sample_shape is None
+                                              else list(sample_shape))))
 
 
-def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray, object]:
-    """Reads `(mean, variance, axis)` from a file written by `save_statistics`.
+def load_statistics(path: str, with_sample_shape: bool = False) -> tuple:
+    """Reads `(mean, variance, axis)` from a file written by `save_statistics`,
+    and with `with_sample_shape` the shape of a sample (`None` in files that
+    do not record it).
 
     Raises:
         ValueError: the file is not such a file (named, with what is missing).
@@ -210,7 +215,12 @@ def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray, object]:
             raise ValueError(f"{expected}, with {list(_STATISTICS_KEYS)}; found {stored.files}.")
         mean, variance = stored["mean"], stored["variance"]
         axis = json.loads(str(stored["axis"]))
+        shape = json.loads(str(stored["sample_shape"])) if "sample_shape" in stored.files \
+            else None
     if mean.shape != variance.shape:
         raise ValueError(f"{path}: mean and variance differ in shape: {mean.shape} and "
                          f"{variance.shape}.")
-    return mean, variance, axis if not isinstance(axis, list) else tuple(axis)
+    axis = axis if not isinstance(axis, list) else tuple(axis)
+    if with_sample_shape:
+        return mean, variance, axis, None if shape is None else tuple(shape)
+    return mean, variance, axis

@@ -164,8 +164,8 @@ def test_stats_writes_what_normalization_layer_loads(tree, tmp_path):
     samples = [np.load(os.path.join(d, f)) for d, _, fs in sorted(os.walk(tree)) for f in
                sorted(fs)]
     values = np.concatenate(samples).astype("float64")
-    layer = normalization_layer(str(output))
-    layer.build((None, None, 3))
+    layer = normalization_layer(str(output))  # built for the samples' shape, as from data
+    assert layer.built and layer(np.zeros((2, 5, 3), "float32")).shape == (2, 5, 3)
     np.testing.assert_allclose(np.ravel(layer.mean), values.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(np.ravel(layer.variance), values.var(axis=0), rtol=1e-6)
     with pytest.raises(ValueError) as error:
@@ -175,7 +175,6 @@ def test_stats_writes_what_normalization_layer_loads(tree, tmp_path):
     whole = _run("stats", tree, "--axis", "none", "-o", tmp_path / "all.npz", "-q")
     assert whole.returncode == 0
     layer = normalization_layer(str(tmp_path / "all.npz"), axis=None)
-    layer.build((None, None, 3))
     np.testing.assert_allclose(float(np.ravel(layer.mean)[0]), values.mean(), rtol=1e-6)
 
 
@@ -188,6 +187,11 @@ def test_stats_bad_axis_and_bad_statistics_file(tree, tmp_path):
     os.rename(bad, str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError, match=r"^.*bad\.npz: expected a statistics file"):
         normalization_layer(str(tmp_path / "bad.npz"))
+    older = str(tmp_path / "older.npz")  # written before files kept the sample shape
+    np.savez(older, mean=np.zeros(3), variance=np.ones(3), axis=np.array("-1"),
+             num_samples=np.int64(4))
+    layer = normalization_layer(older)
+    assert not layer.built and layer(np.ones((1, 3), "float32")).shape == (1, 3)
 
 
 @pytest.mark.parametrize("layout", ["files", "rows"])

@@ -73,8 +73,11 @@ def _from_statistics_file(path: str, axis, kwargs: dict) -> keras.layers.Normali
     if kwargs:
         raise TypeError("normalization_layer() takes no keywords with a statistics file. "
                         f"Received: {sorted(kwargs)}")
-    mean, variance, stored_axis = load_statistics(path)
+    mean, variance, stored_axis, sample_shape = load_statistics(path, with_sample_shape=True)
     if stored_axis != (tuple(axis) if isinstance(axis, list) else axis):
         raise ValueError(f"{path} holds statistics for axis={stored_axis!r}; pass "
                          f"axis={stored_axis!r}. Received: axis={axis!r}")
-    return keras.layers.Normalization(axis=axis, mean=mean, variance=variance)
+    layer = keras.layers.Normalization(axis=axis, mean=mean, variance=variance)
+    if sample_shape is not None:  # built, as from data: `.mean` is there to see
+        layer.build((None, *sample_shape))
+    return layer
