@@ -38,3 +38,4 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback
+    assert os.listdir(tmp_path) == []  # its data went to a temporary folder of its own
