@@ -1,26 +1,53 @@
-"""keras_npy: stream training data stored as `.npy` files into Keras."""
+"""keras_npy: stream training data stored as `.npy` files into Keras.
 
-from keras_npy.dataset import NpyDataset
-from keras_npy.header import NpyHeader, read_header
-from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index
-from keras_npy import layers
-from keras_npy.layers import normalization_layer
-from keras_npy.from_directory import npy_dataset_from_directory
-from keras_npy.tf_dataset import npy_dataset
+`import keras_npy` imports Keras and registers keras_npy's layers with it, so
+that `keras.saving.load_model` finds them. The `keras-npy` command is the one
+exception: it imports what each command needs when it runs, so that `--help`,
+`inspect` and `stats` start without Keras or TensorFlow; the names below are
+then imported on first use.
+"""
+
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DatasetIndex",
-    "FileIndex",
-    "NpyDataset",
-    "NpyHeader",
-    "RowIndex",
-    "__version__",
-    "build_index",
-    "layers",
-    "npy_dataset",
-    "npy_dataset_from_directory",
-    "normalization_layer",
-    "read_header",
-]
+# Where each public name lives.
+_NAMES = {
+    "NpyDataset": "keras_npy.dataset",
+    "NpyHeader": "keras_npy.header",
+    "read_header": "keras_npy.header",
+    "DatasetIndex": "keras_npy.index",
+    "FileIndex": "keras_npy.index",
+    "RowIndex": "keras_npy.index",
+    "build_index": "keras_npy.index",
+    "normalization_layer": "keras_npy.layers",
+    "npy_dataset_from_directory": "keras_npy.from_directory",
+    "npy_dataset": "keras_npy.tf_dataset",
+}
+
+__all__ = sorted([*_NAMES, "__version__", "layers"])
+
+
+def __getattr__(name):
+    if name == "layers":
+        return importlib.import_module("keras_npy.layers")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_npy' has no attribute {name!r}")
+
+
+def _started_as_the_command() -> bool:
+    """Whether this process is the `keras-npy` console script (never
+    `python -m keras_npy`, nor a program that imports keras_npy)."""
+    return os.path.basename(sys.argv[0] if sys.argv else "") in ("keras-npy", "keras-npy.exe")
+
+
+if not _started_as_the_command():
+    from keras_npy import layers  # noqa: E402  (registers the layers with Keras)
+    for _name in _NAMES:
+        __getattr__(_name)
+    del _name

@@ -113,18 +113,21 @@ def _inspect(args) -> int:
 
 
 def _stats(args) -> int:
-    from keras_npy.dataset import NpyDataset
-    from keras_npy.statistics import save_statistics
+    # The loader without its front ends: no Keras (nor TensorFlow) to import.
+    from keras_npy.batches import build_batch_source
+    from keras_npy.statistics import sample_statistics, save_statistics
 
     if os.path.exists(args.output) and not args.force:
         raise ValueError(f"{args.output} exists; pass --force to overwrite it, or --output "
                          "to write another file.")
-    dataset = NpyDataset(args.path, layout=args.layout, pad_to="longest",
-                         follow_links=args.follow_links, verbose=not args.quiet)
-    mean, variance = dataset.statistics(axis=args.axis, verbose=not args.quiet)
-    save_statistics(args.output, mean, variance, args.axis, dataset.num_samples,
-                    dataset.index.x.sample_shape)
-    print(f"{args.path}: {dataset.num_samples:,} samples; axis={args.axis!r}: mean and "
+    source = build_batch_source(args.path, layout=args.layout, pad_to="longest",
+                                follow_links=args.follow_links, verbose=not args.quiet)
+    num_samples = source.order.num_samples
+    mean, variance = sample_statistics(source.index.x, source.order.sample_ids, args.axis,
+                                       verbose=not args.quiet)
+    save_statistics(args.output, mean, variance, args.axis, num_samples,
+                    source.index.x.sample_shape)
+    print(f"{args.path}: {num_samples:,} samples; axis={args.axis!r}: mean and "
           f"variance of shape {mean.shape} written to {args.output}")
     with _numpy_print_options():
         print(f"mean: {mean}\nvariance: {variance}")

@@ -30,12 +30,26 @@ def _run(*args):
                                  stderr=err.getvalue())
 
 
-def test_the_installed_command_runs(tree):
-    done = subprocess.run([sys.executable, "-m", "keras_npy", "inspect", str(tree), "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1] == "samples: 20 (one per file)"
-    assert _run("inspect", tree, "-q").stdout == done.stdout
+def test_the_installed_command_starts_without_keras(tree, tmp_path):
+    """`keras-npy --help`, `inspect` and `stats` import neither Keras nor a
+    backend (seconds of start-up); the output is what `main` prints."""
+    script = os.path.join(os.path.dirname(sys.executable), "keras-npy")
+    if not os.path.exists(script):
+        pytest.skip("keras-npy is not installed as a command next to this Python")
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}  # every import, on stderr
+    output = str(tmp_path / "stats.npz")
+    for args in (["--help"], ["inspect", str(tree), "-q"], ["stats", str(tree), "-q", "-o", output]):
+        done = subprocess.run([script, *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "keras_npy" in imported
+        heavy = sorted(m for m in imported if m.split(".")[0] in {"keras", "tensorflow", "jax",
+                                                                  "torch"})
+        assert heavy == [], (args, heavy[:5])
+        if args[0] == "inspect":
+            assert done.stdout == _run(*args).stdout
 
 
 @pytest.fixture
