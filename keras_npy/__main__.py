@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:  # bad data or arguments, named in the message
+    except (ValueError, OSError) as error:  # bad data or arguments, named in the message
         print(f"keras-npy {args.command}: error: {error}", file=sys.stderr)
         return 1
 
@@ -62,21 +62,28 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="generate .npy data on disk, train on it with "
                                "both front ends, export and serve the model")
-    demo.add_argument("--samples", type=int, default=2000,
+    demo.add_argument("--samples", type=_positive, default=2000,
                       help="samples to generate; default 2000")
-    demo.add_argument("--epochs", type=int, default=3,
+    demo.add_argument("--epochs", type=_positive, default=3,
                       help="training epochs per front end; default 3")
     demo.set_defaults(run=_demo)
     return parser
 
 
 def _version() -> str:
-    from importlib import metadata
+    from keras_npy import __version__
 
+    return __version__
+
+
+def _positive(text: str) -> int:
     try:
-        return metadata.version("keras-npy")
-    except metadata.PackageNotFoundError:  # run from a source tree, not installed
-        return "unknown"
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
 
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +124,8 @@ def _stats(args) -> int:
     from keras_npy.batches import build_batch_source
     from keras_npy.statistics import sample_statistics, save_statistics
 
+    if not args.output.endswith(".npz"):  # what np.savez writes, and what is read back
+        args.output += ".npz"
     if os.path.exists(args.output) and not args.force:
         raise ValueError(f"{args.output} exists; pass --force to overwrite it, or --output "
                          "to write another file.")

@@ -13,9 +13,10 @@ import warnings
 import keras
 import numpy as np
 
-from keras_npy import _checks
+from keras_npy import _checks, labels as labels_lib
 from keras_npy.batches import build_batch_source
 from keras_npy.fit_adapter import FitAdapter
+from keras_npy.index import DatasetIndex
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import BatchWorkers
 
@@ -177,6 +178,14 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         >>> train.num_samples, val.num_samples
         (8, 2)
         """
+        if not isinstance(index, DatasetIndex):
+            raise TypeError("`index` must be a keras_npy.DatasetIndex (from "
+                            f"keras_npy.build_index). Received: index={index!r}")
+        source_arguments = sorted({"x", "y", "layout", "class_names", "follow_links"} & set(kwargs))
+        if source_arguments:
+            raise TypeError(f"NpyDataset.from_index() takes the batch arguments; the index "
+                            f"already holds the data, so {source_arguments} cannot be passed.")
+        labels_lib.check_label_mode(kwargs.get("label_mode", "int"), index.class_names)
         dataset = cls.__new__(cls)
         dataset._start(build_batch_source(index=index, **kwargs), workers,
                        use_multiprocessing, max_queue_size, stacklevel=3)

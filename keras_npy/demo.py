@@ -70,9 +70,10 @@ def run_demo(num_samples: int = 2000, epochs: int = 3, directory: str | None = N
         started = time.perf_counter()
         # The headers are read once; both subsets and the statistics use that index.
         index = build_index(data, "inferred", label_mode="binary", verbose=bool(verbose))
+        # The same shuffle and seed for both subsets: they split one permutation.
         batches = dict(label_mode="binary", batch_size=64, pad_to=MAX_STEPS,
-                       validation_split=0.2, seed=0)
-        train = NpyDataset.from_index(index, subset="training", shuffle=True, **batches)
+                       validation_split=0.2, seed=0, shuffle=True)
+        train = NpyDataset.from_index(index, subset="training", **batches)
         val = NpyDataset.from_index(index, subset="validation", **batches)
         normalization = normalization_layer(train)  # training samples only, unpadded
         result = {"num_samples": train.num_samples + val.num_samples,
@@ -158,8 +159,8 @@ def _serve(model, path: str, val: NpyDataset) -> dict:
 
     model.export(path, format="tf_saved_model", verbose=False)
     served = tf.saved_model.load(path)
-    paths = val.file_paths  # in the order of val's (unshuffled) batches
-    labels = np.concatenate([val[i][1][:, 0] for i in range(len(val))])
+    paths = val.file_paths  # the validation files, in index order
+    labels = np.asarray(val.index.y)[val._source.order.sample_ids]  # the class of each
     correct, difference = 0, 0.0
     for path, label in zip(paths, labels):
         raw = np.load(path, allow_pickle=False)[None]  # (1, steps, 8), not padded

@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pytest
 
+import keras_npy
 from keras_npy import normalization_layer
 from keras_npy.__main__ import main
 from helpers import save as _save
@@ -234,6 +235,8 @@ def test_bad_arguments_exit_with_usage(tree):
     assert "argument --axis: expected an integer, integers separated by commas, or 'none'; " \
            "found 'x'" in done.stderr
     assert _run("frobnicate").returncode == 2
+    zero = _run("demo", "--epochs", "0")
+    assert zero.returncode == 2 and "expected a positive integer, found '0'" in zero.stderr
 
 
 def test_inspect_row_files_as_rows(tmp_path):
@@ -273,6 +276,11 @@ def test_stats_refuses_to_overwrite_unless_forced(tree, tmp_path):
                            "it, or --output to write another file.\n")
     assert _run("stats", tree, "-o", output, "-q", "--force").returncode == 0
     normalization_layer(str(output))
+    bare = tmp_path / "s"  # np.savez writes s.npz: that is the file checked and named
+    assert "written to " + str(bare) + ".npz" in _run("stats", tree, "-o", bare, "-q").stdout
+    assert _run("stats", tree, "-o", bare, "-q").returncode == 1
+    missing = _run("stats", tree, "-o", tmp_path / "nothere" / "s.npz", "-q")
+    assert missing.returncode == 1 and missing.stderr.startswith("keras-npy stats: error: ")
 
 
 def test_version_and_help(capsys):
@@ -281,6 +289,7 @@ def test_version_and_help(capsys):
     done = _run("--version")
     assert done.returncode == 0
     assert done.stdout == f"keras-npy {metadata.version('keras-npy')}\n"
+    assert metadata.version("keras-npy") == keras_npy.__version__
     for command in ("inspect", "stats", "bench", "demo"):
         text = _run(command, "--help").stdout
         assert "--layout" in text or command == "demo"

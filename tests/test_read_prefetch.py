@@ -170,3 +170,38 @@ def test_the_window_is_bounded_in_batches(cold_file, monkeypatch):
     ds[0]
     ds._source.read_ahead.settle()
     assert 3 * 8 * ROW <= ds._source.read_ahead.peak_bytes <= _window(3, 8 * ROW)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root, to read as another user")
+def test_a_file_this_user_may_not_write_is_probed_by_reads(tmp_path):
+    """Linux's mincore reports every page of a file cached to a process that
+    neither owns nor may write it: such files are probed another way, or
+    nothing would ever be read ahead for them."""
+    import shutil
+    import tempfile
+
+    from keras_npy.index import index_source
+    from keras_npy.read import BatchReader, Padding
+
+    folder = tempfile.mkdtemp(dir="/tmp")  # reachable by another user, unlike tmp_path
+    try:
+        os.chmod(folder, 0o755)
+        path = _save(os.path.join(folder, "x.npy"),
+                     np.zeros((4096, 256), "float32"))  # 4 MiB of 1 KiB rows, root's
+        os.chmod(path, 0o644)
+        os.sync()
+        _evict(path)
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                os.setgid(65534)
+                os.setuid(65534)  # nobody: may read the file, not write it
+                reader = BatchReader(index_source(path), Padding())
+                ok = reader.prefetch(range(1024, 2048)) == 257  # asked for, not "cached"
+            finally:
+                os._exit(0 if ok else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        shutil.rmtree(folder)

@@ -196,6 +196,12 @@ def test_an_npy_dataset_from_an_index_built_once(data):
                     np.testing.assert_array_equal(a, b)
             direct.on_epoch_end()
             again.on_epoch_end()
+    with pytest.raises(ValueError, match='exactly 2 class_names'):  # 3 classes
+        NpyDataset.from_index(index, label_mode="binary")
+    with pytest.raises(TypeError, match=r"so \['class_names', 'layout'\] cannot be passed"):
+        NpyDataset.from_index(index, layout="files", class_names=["a"])
+    with pytest.raises(TypeError, match=r"^`index` must be a keras_npy.DatasetIndex"):
+        NpyDataset.from_index(data["dir"])
 
 
 @pytest.mark.parametrize("kwargs, message", [

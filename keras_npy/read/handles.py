@@ -144,6 +144,12 @@ class OpenFile:
             stat = os.fstat(self.fd)
             _check_identity(facts, stat)
             self._stamp = _stamp(stat)
+            # Linux answers mincore truly only to a file's owner, a process that may
+            # write it, or root; to others every page looks cached (a side channel
+            # closed in 5.0), which would turn the read-ahead off.
+            euid = os.geteuid() if hasattr(os, "geteuid") else None
+            self._mincore_tells = euid is None or euid in (0, stat.st_uid) or os.access(
+                facts.path, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
         except BaseException:
             os.close(self.fd)
             self.fd = None
@@ -175,6 +181,8 @@ class OpenFile:
         """The pages of data bytes `[offset, offset + nbytes)` not in the page
         cache, asked of a map (the reads' own, or one made for this) so that
         nothing is read to tell; `None` where the system cannot tell."""
+        if not self._mincore_tells:
+            return None  # probed by reads instead
         try:
             probe = self.mapped() or self._probe
         except MapFailed:
@@ -237,7 +245,10 @@ TABLE = _Table()
 
 
 def _after_fork_in_child() -> None:
-    TABLE._lock = threading.Lock()  # a thread of the parent may have held it
+    # A thread of the parent may have held these locks when it forked.
+    TABLE._lock = threading.Lock()
+    for opened in list(TABLE._files.values()):
+        opened._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
