@@ -31,6 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -39,9 +40,31 @@ from concurrent.futures.process import BrokenProcessPool
 _WORKER_SOURCE = None
 
 
-def _install(source) -> None:
+#: Seconds between a worker's checks that the process it reads for is alive.
+OWNER_CHECK_SECONDS = 1.0
+
+
+def _install(source, owner: int) -> None:
     global _WORKER_SOURCE
     _WORKER_SOURCE = source
+    threading.Thread(target=_exit_without, args=(owner,), name="keras_npy-owner",
+                     daemon=True).start()
+
+
+def _exit_without(owner: int) -> None:
+    """Ends this worker once `owner` is gone. A worker waits on a queue whose
+    writing end it holds itself, so an owner killed (or `os._exit`) without
+    closing its pool would leave it waiting forever; its parent is the
+    forkserver, not the owner, so the kernel's parent-death signal does not
+    apply."""
+    while True:
+        time.sleep(OWNER_CHECK_SECONDS)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # alive (a process of another user has its pid)
+            pass
 
 
 def _read_in_worker(epoch: int, i: int):
@@ -131,7 +154,7 @@ class BatchWorkers:
             return ThreadPoolExecutor(self.workers, thread_name_prefix="keras_npy")
         return ProcessPoolExecutor(self.workers,
                                    mp_context=multiprocessing.get_context(start_method()),
-                                   initializer=_install, initargs=(self.source,))
+                                   initializer=_install, initargs=(self.source, os.getpid()))
 
     def __reduce__(self):  # a copy starts its own workers, lazily
         return (BatchWorkers, (self.source, self.workers, self.use_multiprocessing,

@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -577,16 +578,39 @@ def test_a_forked_child_reads_batches_with_workers_of_its_own(rows_file, use_mul
     ds = NpyDataset(path, batch_size=10, workers=2, use_multiprocessing=use_multiprocessing,
                     max_queue_size=2)
     np.testing.assert_array_equal(ds[0], x[:10])  # the parent's workers are running
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # batch 7 was not read ahead: the child's own workers read it
         ok = False
         try:
             ok = np.array_equal(ds[7], x[70:80]) and np.array_equal(ds[8], x[80:90])
+            if use_multiprocessing:  # then it ends without closing them
+                os.write(write, " ".join(map(str, ds._batch_workers._executor._processes)).encode())
         finally:
             os._exit(0 if ok else 1)
+    os.close(write)
     assert _wait_for_child(pid, 120) == 0
     np.testing.assert_array_equal(ds[1], x[10:20])  # the parent's go on
     ds._batch_workers.close()
+    orphans = [int(p) for p in os.read(read, 4096).split()]
+    os.close(read)
+    deadline = time.monotonic() + 30  # the child's workers see it gone, and end
+    while orphans and time.monotonic() < deadline:
+        orphans = [p for p in orphans if _alive(p)]
+        time.sleep(0.1)
+    assert orphans == []
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of a pool that ended is not a leak
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_killed_worker_fails_its_batch_and_the_next_starts_new_workers(rows_file):
