@@ -152,10 +152,11 @@ class Labels:
         #: Whether batches have no labels.
         self.none = index.y is None or label_mode is None
         if padding is not None and (self.none or isinstance(index.y, np.ndarray)):
+            found = ("there are no targets." if index.y is None else
+                     "label_mode=None yields no targets." if self.none else
+                     "these labels are held in memory, one per sample.")
             raise ValueError("`pad_targets=True` pads targets read from .npy files as x is "
-                             "padded; " + ("there are no targets." if self.none else
-                                           "these labels are held in memory, one per "
-                                           "sample.") + " Received: pad_targets=True")
+                             f"padded; {found} Received: pad_targets=True")
         if self.none:
             return
         if isinstance(index.y, np.ndarray):

@@ -371,26 +371,31 @@ def _read_chunk(paths: Sequence[str], chunk: range) -> list[NpyHeader]:
 
 
 class Progress:
-    """A `keras.utils.Progbar` that appears only once the work has taken
-    `_PROGRESS_AFTER_SECONDS` (Keras is imported only then), and only on a
-    terminal or in a notebook: in a pipe or a log file, its redrawing escapes
-    would be text."""
+    """A progress line (done / total, rate) that appears only once the work
+    has taken `_PROGRESS_AFTER_SECONDS`, and only on a terminal or in a
+    notebook: in a pipe or a log file, its redrawing would be text. Plain
+    text, so that a scan imports no Keras."""
 
-    def __init__(self, total: int, verbose: bool):
+    def __init__(self, total: int, verbose: bool, unit: str = "file"):
         interactive = "ipykernel" in sys.modules or (
             hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
-        self.total, self.verbose, self.done = total, verbose and interactive, 0
-        self.started, self.bar = time.perf_counter(), None
+        self.total, self.verbose, self.done, self.unit = total, verbose and interactive, 0, unit
+        self.started, self._drawn = time.perf_counter(), float("-inf")
 
     def add(self, count: int) -> None:
         self.done += count
-        if self.bar is None and self.verbose and (
-                time.perf_counter() - self.started > _PROGRESS_AFTER_SECONDS):
-            import keras
-
-            self.bar = keras.utils.Progbar(self.total, unit_name="file")
-        if self.bar is not None:
-            self.bar.update(self.done)
+        if not self.verbose:
+            return
+        now = time.perf_counter()
+        finished = self.done >= self.total
+        if now - self.started <= _PROGRESS_AFTER_SECONDS or (
+                now - self._drawn < 0.1 and not finished):  # redrawn ten times a second
+            return
+        self._drawn = now
+        rate = self.done / max(now - self.started, 1e-9)
+        sys.stdout.write(f"\r{self.done:,}/{self.total:,} {self.unit}s, {rate:,.0f} "
+                         f"{self.unit}s/s" + ("\n" if finished else ""))
+        sys.stdout.flush()
 
 
 def _check_same_dtype(header: NpyHeader, first: NpyHeader) -> None:

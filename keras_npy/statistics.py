@@ -105,7 +105,7 @@ def sample_statistics(index: FileIndex | RowIndex, ids: np.ndarray, axis=-1, *,
     kept = _kept_axes(axis, index.sample_ndim, index.sample_shape, name)
     reader = BatchReader(index, Padding("longest" if index.sample_ndim else None), name=name)
     moments = RunningMoments()
-    progress = index_lib.Progress(len(ids), verbose)
+    progress = index_lib.Progress(len(ids), verbose, unit="sample")
     pending, pending_bytes = [], 0
     for chunk in _chunks(index, ids):
         batch = reader.read(chunk)

@@ -303,3 +303,23 @@ def test_no_progress_bar_in_a_pipe(tree, monkeypatch):
     done = _run("inspect", tree)  # stdout is not a terminal here
     assert "\x1b" not in done.stdout + done.stderr and "\r" not in done.stdout + done.stderr
     assert done.stdout.splitlines()[1] == "samples: 20 (one per file)"
+
+
+def test_a_progress_line_on_a_terminal(monkeypatch):
+    from keras_npy import index
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(index, "_PROGRESS_AFTER_SECONDS", -1.0)
+    progress = index.Progress(3, verbose=True)
+    for _ in range(3):
+        progress.add(1)
+    assert screen.getvalue().startswith("\r1/3 files, ") and screen.getvalue().endswith("\n")
+    assert "\r3/3 files, " in screen.getvalue()
+    quiet = index.Progress(3, verbose=False)
+    quiet.add(3)
+    assert screen.getvalue().count("\n") == 1

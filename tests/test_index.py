@@ -1,5 +1,6 @@
 import os
 import pickle
+import sys
 import tracemalloc
 
 import numpy as np
@@ -362,8 +363,11 @@ def test_progress_bar_on_long_scans_only(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(index_lib, "_PROGRESS_AFTER_SECONDS", 0.0)
     build_index(str(tmp_path / "d"), verbose=False)
     assert capsys.readouterr().out == ""
+    build_index(str(tmp_path / "d"))  # not on a terminal: nothing
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     build_index(str(tmp_path / "d"))
-    assert "20/20" in capsys.readouterr().out
+    assert "\r20/20 files, " in capsys.readouterr().out
 
 
 def test_index_pickles_without_arrays_of_data(tmp_path):
