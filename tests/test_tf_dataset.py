@@ -296,6 +296,12 @@ try:
     print("no error")
 except Exception as e:  # TensorFlow wraps the error of a numpy_function in its own
     print(type(e).__name__, "|", str(e).replace(chr(10), " "))
+# Known, and not this test's subject: TensorFlow can deadlock when the garbage
+# collector destroys, at exit, an iterator whose parallel calls failed (about 1
+# run in 3 of `predict` here). What the process found is printed: leave now.
+import os
+sys.stdout.flush()
+os._exit(0)
 """
 
 
