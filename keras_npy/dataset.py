@@ -181,23 +181,23 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         if not isinstance(index, DatasetIndex):
             raise TypeError("`index` must be a keras_npy.DatasetIndex (from "
                             f"keras_npy.build_index). Received: index={index!r}")
-        source_arguments = sorted({"x", "y", "layout", "class_names", "follow_links"} & set(kwargs))
+        source_arguments = sorted({"x", "y", "layout", "class_names", "follow_links"}
+                                  & set(kwargs))
         if source_arguments:
             raise TypeError(f"NpyDataset.from_index() takes the batch arguments; the index "
                             f"already holds the data, so {source_arguments} cannot be passed.")
         labels_lib.check_label_mode(kwargs.get("label_mode", "int"), index.class_names)
-        dataset = cls.__new__(cls)
-        dataset._start(build_batch_source(index=index, **kwargs), workers,
-                       use_multiprocessing, max_queue_size, stacklevel=3)
-        return dataset
+        return cls._from_source(build_batch_source(index=index, **kwargs), workers=workers,
+                                use_multiprocessing=use_multiprocessing,
+                                max_queue_size=max_queue_size, stacklevel=4)
 
     @classmethod
-    def from_batch_source(cls, source, *, workers=1, use_multiprocessing=False,
-                          max_queue_size=10) -> "NpyDataset":
-        """An NpyDataset of a `keras_npy.batches.BatchSource` (what
+    def _from_source(cls, source, *, workers=1, use_multiprocessing=False, max_queue_size=10,
+                     stacklevel=3) -> "NpyDataset":
+        """An NpyDataset of a `BatchSource` built before (what
         `npy_dataset_from_directory` builds once for both front ends)."""
         dataset = cls.__new__(cls)
-        dataset._start(source, workers, use_multiprocessing, max_queue_size, stacklevel=3)
+        dataset._start(source, workers, use_multiprocessing, max_queue_size, stacklevel)
         return dataset
 
     def _start(self, source, workers, use_multiprocessing, max_queue_size, stacklevel):

@@ -122,7 +122,7 @@ def _make(format, index, **kwargs):
                          'Received: format="tf"')
     source = build_batch_source(index=index, **kwargs)
     if format == "pydataset":
-        dataset = NpyDataset.from_batch_source(source, **workers)
+        dataset = NpyDataset._from_source(source, **workers)
     else:
         dataset = source_to_tf_dataset(source)
     if kwargs["verbose"] and kwargs["subset"] is not None:
