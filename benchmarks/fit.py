@@ -49,14 +49,21 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  fit(x[:samples], y=y[:samples], batch_size=batch))
     ds = NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)
     results.rate(group, "NpyDataset", "keras_npy", samples, "samples/s", fit(ds))
-    if tf is None:
+
+    class AnyPyDataset(keras.utils.PyDataset):
+        """The same batches as Keras reads any PyDataset (on TensorFlow,
+        from_generator: a Python call per batch)."""
+
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return ds[i]
+
+    results.rate(group, "NpyDataset's batches through Keras' PyDataset path", "keras_npy",
+                 samples, "samples/s", fit(AnyPyDataset()))
+    if tf is None:  # the base is the constant PyDataset
         return
-    # On TensorFlow, fit reads an NpyDataset through its own tf.data pipeline;
-    # fit's shuffle of an unshuffled one (fit's default) takes Keras' PyDataset
-    # path, whose cost by itself is the bound below (tf.data's from_generator,
-    # a Python call per batch): the bound of any PyDataset.
-    results.rate(group, "NpyDataset, fit(shuffle=True): Keras' PyDataset path", "keras_npy",
-                 samples, "samples/s", fit(ds, shuffle=True))
     results.rate(group, "PyDataset bound: one constant batch, no read", "limit", samples,
                  "samples/s", fit(Constant()))
     mapped = np.load(path, mmap_mode="r")

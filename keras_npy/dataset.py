@@ -8,20 +8,18 @@ own files.
 
 from __future__ import annotations
 
-import warnings
-
 import keras
 import numpy as np
 
 from keras_npy import _checks, labels as labels_lib
 from keras_npy.batches import build_batch_source
-from keras_npy.fit_adapter import FitAdapter
+from keras_npy import fit_adapter  # noqa: F401  (hands fit() an NpyDataset's own reader)
 from keras_npy.index import DatasetIndex
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import BatchWorkers
 
 
-class NpyDataset(keras.utils.PyDataset, FitAdapter):
+class NpyDataset(keras.utils.PyDataset):
     """Batches read lazily from `.npy` files, for `model.fit` on any backend.
 
     Args:
@@ -105,19 +103,14 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
     `ds.workers` reads `1` and `ds.use_multiprocessing` `False` to Keras.
     Worker processes are started with `forkserver` (or `spawn`), never by
     forking the training process: guard the script with
-    `if __name__ == "__main__":`. Reading ahead guesses that batches are
-    asked for in order: shuffle with `shuffle=True` here and call
-    `fit(..., shuffle=False)`; `fit`'s own shuffle only reorders whole batches.
+    `if __name__ == "__main__":`.
 
-    On the TensorFlow backend, `fit`, `evaluate` and `predict` read an
-    NpyDataset through its own `tf.data` pipeline (that of `to_tf_dataset`,
-    each pass in the dataset's current epoch) instead of Keras' PyDataset
-    path, which hands TensorFlow one Python call per batch: the same batches,
-    faster. Keras' path is kept where only it does what was asked:
-    `class_weight`, `fit`'s `shuffle` (on by default) of a dataset made with
-    `shuffle=False`, `workers`, or a subclass's own `__getitem__`. With
-    `shuffle=True` here, `fit`'s shuffle of whole batches is skipped: each
-    epoch is already a global shuffle of the samples.
+    `fit`, `evaluate` and `predict` read the batches of the current epoch in
+    order, the same on every backend (on TensorFlow through the dataset's own
+    `tf.data` pipeline, several small batches per Python call; see
+    `keras_npy.fit_adapter`). The order is the dataset's: `fit`'s `shuffle` is
+    ignored, with a warning when the dataset was made with `shuffle=False`.
+    `fit`'s `class_weight` weighs each sample by its class.
 
     Example:
 
@@ -149,7 +142,7 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
             num_shards=num_shards, shard_index=shard_index,
             shuffle_block_size=shuffle_block_size, shuffle_window=shuffle_window,
             read_ahead_bytes=read_ahead_bytes, follow_links=follow_links, verbose=verbose)
-        self._start(source, workers, use_multiprocessing, max_queue_size, stacklevel=3)
+        self._start(source, workers, use_multiprocessing, max_queue_size)
 
     @classmethod
     def from_index(cls, index, *, workers=1, use_multiprocessing=False, max_queue_size=10,
@@ -189,18 +182,18 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         labels_lib.check_label_mode(kwargs.get("label_mode", "int"), index.class_names)
         return cls._from_source(build_batch_source(index=index, **kwargs), workers=workers,
                                 use_multiprocessing=use_multiprocessing,
-                                max_queue_size=max_queue_size, stacklevel=4)
+                                max_queue_size=max_queue_size)
 
     @classmethod
-    def _from_source(cls, source, *, workers=1, use_multiprocessing=False, max_queue_size=10,
-                     stacklevel=3) -> "NpyDataset":
+    def _from_source(cls, source, *, workers=1, use_multiprocessing=False,
+                     max_queue_size=10) -> "NpyDataset":
         """An NpyDataset of a `BatchSource` built before (what
         `npy_dataset_from_directory` builds once for both front ends)."""
         dataset = cls.__new__(cls)
-        dataset._start(source, workers, use_multiprocessing, max_queue_size, stacklevel)
+        dataset._start(source, workers, use_multiprocessing, max_queue_size)
         return dataset
 
-    def _start(self, source, workers, use_multiprocessing, max_queue_size, stacklevel):
+    def _start(self, source, workers, use_multiprocessing, max_queue_size):
         _checks.check_workers(workers, use_multiprocessing, max_queue_size)
         keras.utils.PyDataset.__init__(self, workers=workers,
                                        use_multiprocessing=use_multiprocessing,
@@ -212,8 +205,6 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         self._batch_workers = BatchWorkers(source, workers, use_multiprocessing,
                                            max_queue_size) if parallel else None
         self.epoch = 0
-        if not self._has_own_pipeline():
-            _warn_if_shapes_vary_on_tensorflow(source.readers, stacklevel=stacklevel)
 
     @property
     def workers(self) -> int:
@@ -282,26 +273,24 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         """Moves to the next epoch: with `shuffle`, a new order."""
         self.epoch += 1
 
-    def _has_own_pipeline(self) -> bool:
-        """Whether Keras' TensorFlow trainer can read this dataset through its
-        own pipeline: Keras as expected, no read-ahead workers, and the batches
-        of this class, not a subclass's."""
+    def _overrides_batches(self) -> bool:
+        """Whether a subclass makes its own batches (`__getitem__`, `__len__`)."""
         cls = type(self)
-        return FitAdapter.supported and self._batch_workers is None and all(
-            getattr(cls, name) is getattr(NpyDataset, name) for name in ("__getitem__", "__len__"))
+        return any(getattr(cls, name) is not getattr(NpyDataset, name)
+                   for name in ("__getitem__", "__len__"))
 
-    def _pipeline_for_fit(self, shuffle: bool, class_weight):
-        """What Keras' TensorFlow trainer reads (see `keras_npy.fit_adapter`):
-        this dataset's `tf.data` pipeline, each pass in `self.epoch` as it is
-        when the pass starts; `None` where only Keras' PyDataset path does what
-        `fit` was asked (`class_weight`, or batches shuffled by `fit`)."""
-        if (not self._has_own_pipeline() or class_weight is not None
-                or (shuffle and not self._source.order.shuffle)):
-            _warn_if_shapes_vary_on_tensorflow(self._source.readers, stacklevel=2)
-            return None
-        from keras_npy.tf_pipeline import source_to_tf_dataset
+    def _reads_source(self) -> bool:
+        """Whether the batches are this class's, read in the calling thread: then
+        the `tf.data` pipeline of the source gives the same batches."""
+        return self._batch_workers is None and not self._overrides_batches()
 
-        return source_to_tf_dataset(self._source, epoch=lambda: self.epoch)
+    def _batch_for_fit(self, epoch: int, i: int):
+        """Batch `i` of `epoch` for `fit` (a subclass's `self[i]`, of its epoch)."""
+        if self._overrides_batches():
+            return self[i]
+        if self._batch_workers is None:
+            return self._source.batches(epoch, i, 1)
+        return self._batch_workers.get(epoch, i, len(self))
 
     def statistics(self, axis=-1, verbose: bool = True):
         """Mean and variance of the unpadded samples of this subset and shard,
@@ -327,22 +316,3 @@ class NpyDataset(keras.utils.PyDataset, FitAdapter):
         return (f"NpyDataset({self.num_samples} samples in {len(self)} batches, "
                 f"{self.index.x!r})")
 
-
-def _warn_if_shapes_vary_on_tensorflow(readers: dict, stacklevel: int) -> None:
-    """Keras' PyDataset path on TensorFlow fixes the shape of every batch from
-    the first two it sees; say so before `fit` fails on a batch of another
-    length."""
-    if keras.backend.backend() != "tensorflow":
-        return
-    for name, reader in readers.items():
-        shape = reader.element_shape()
-        if None in shape:
-            warnings.warn(
-                f"Batches of {name} vary in shape (a sample is {shape}, None where batches "
-                "differ). On the TensorFlow backend, Keras' fit reads this dataset through "
-                "its PyDataset path, which fixes batch shapes from the first two batches and "
-                "fails on others; pad to a fixed size (an int or tuple `pad_to`). (Keras' "
-                "path is taken for `workers`, `class_weight`, fit's `shuffle` of a dataset "
-                "made with `shuffle=False`, or a subclass's `__getitem__`.)",
-                stacklevel=stacklevel + 1)
-            return

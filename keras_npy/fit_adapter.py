@@ -1,121 +1,290 @@
-"""How `NpyDataset` feeds Keras' TensorFlow trainer (`fit`, `evaluate`, `predict`).
+"""How `fit`, `evaluate` and `predict` read an `NpyDataset`: its own batches,
+in its own order, the same way on every backend, with `fit`'s arguments.
 
-Keras hands any `PyDataset` to its TensorFlow trainer through
-`tf.data.Dataset.from_generator`: one Python call handed to TensorFlow per
-batch, which held `fit` of a one-layer model at ~0.6x of the no-data ceiling
-here whatever the dataset read (a PyDataset returning one constant batch did
-no better). Keras also takes a `DataAdapter` in place of data
-(`get_data_adapter` returns one as it is). On the TensorFlow backend
-`NpyDataset` is one, through `FitAdapter`: the trainer asks it for a
-`tf.data.Dataset` and gets the pipeline of `npy_dataset` over the same batch
-source (the same batches in the same order, several small batches per Python
-call), ~0.8x of the ceiling.
+Every backend's trainer picks how to read `x` by calling Keras'
+`get_data_adapter(x, y, sample_weight, batch_size, steps_per_epoch, shuffle,
+class_weight)`. A `PyDataset` gets Keras' `PyDatasetAdapter`, which on
+TensorFlow fixes the shape of every batch from the first two (a later batch
+of another shape fails) and hands TensorFlow one Python call per batch. A
+`DataAdapter` passed as `x` is used as it is, but sees none of `fit`'s
+arguments: `class_weight` would be dropped without a word. So importing
+keras_npy wraps `get_data_adapter`: an `NpyDataset` gets an
+`NpyDatasetAdapter` made with `fit`'s arguments; any other `x` goes to Keras'
+function, untouched.
 
-Some things only Keras' own PyDataset path does: `class_weight`, `fit`'s
-shuffle of the batches of an unshuffled dataset, reading ahead with `workers`,
-and a subclass's own `__getitem__`. For those, and for any caller but the
-TensorFlow trainer's epoch iterator, `FitAdapter` hands over Keras'
-`PyDatasetAdapter` with `fit`'s arguments, as Keras would have made it. The
-arguments are read from the frame of the epoch iterator being built, the one
-place they are (a `DataAdapter` is given none of them).
-
-`DataAdapter` is not public Keras API (`keras.src`), so `FitAdapter` is one
-only where every piece this relies on is found as expected, on the TensorFlow
-backend; elsewhere it is a plain base and `NpyDataset` is a plain `PyDataset`.
+This module is the one place keras_npy uses Keras' private modules
+(`keras.src`). `KERAS_PROBLEM` says what differs when a Keras release no
+longer has what the wrapper relies on; then nothing is wrapped, importing
+keras_npy warns, and Keras reads an NpyDataset as any PyDataset. The tests
+fail on it (tests/test_fit_adapter.py), so a Keras release that breaks this
+is found before a user meets it.
 """
 
 from __future__ import annotations
 
 import inspect
-import sys
-import types
+import numbers
+import warnings
 
 import keras
+import numpy as np
+
+#: The parameters of Keras' `get_data_adapter`, the wrapper's too.
+PARAMETERS = ("x", "y", "sample_weight", "batch_size", "steps_per_epoch", "shuffle",
+              "class_weight")
+#: The methods of Keras' `DataAdapter` the trainers call.
+ADAPTER_METHODS = ("get_numpy_iterator", "get_tf_dataset", "get_jax_iterator",
+                   "get_torch_dataloader", "num_batches", "batch_size", "on_epoch_begin",
+                   "on_epoch_end")
 
 
-def _keras_pieces():
-    """What `FitAdapter` uses of Keras, or `None` where anything differs."""
-    if keras.backend.backend() != "tensorflow":
-        return None
+def _find_keras():
+    """`(data_adapters module, DataAdapter class, None)`, or `(None, None,
+    what differs)` where Keras is not as this module expects."""
     try:
-        from keras.src.backend.tensorflow.trainer import TFEpochIterator
         from keras.src.trainers import data_adapters
         from keras.src.trainers.data_adapters.data_adapter import DataAdapter
-        from keras.src.trainers.epoch_iterator import EpochIterator
-    except ImportError:
-        return None
-    init, signature = TFEpochIterator.__init__, inspect.signature(EpochIterator.__init__)
-    probe = type("Probe", (DataAdapter,), {})()
-    if not ({"args", "kwargs"} <= inspect.signature(init).parameters.keys()
-            and {"y", "sample_weight", "shuffle", "class_weight"} <= signature.parameters.keys()
-            and "get_tf_dataset" in init.__code__.co_names
-            and data_adapters.get_data_adapter(probe) is probe
-            and hasattr(data_adapters, "PyDatasetAdapter")
-            and hasattr(data_adapters, "raise_unsupported_arg")):
-        return None
-    return types.SimpleNamespace(
-        DataAdapter=DataAdapter, adapters=data_adapters, trainer_code=init.__code__,
-        signature=signature)
+    except ImportError as error:
+        return None, None, f"Keras' data adapters cannot be imported ({error})"
+    function = getattr(data_adapters, "get_data_adapter", None)
+    if not callable(function):
+        return None, None, "keras.src.trainers.data_adapters has no get_data_adapter"
+    parameters = tuple(inspect.signature(function).parameters)
+    if parameters != PARAMETERS:
+        return None, None, f"get_data_adapter takes {parameters}, not {PARAMETERS}"
+    missing = [name for name in ADAPTER_METHODS if not hasattr(DataAdapter, name)]
+    if missing:
+        return None, None, f"Keras' DataAdapter has no {missing}"
+    return data_adapters, DataAdapter, None
 
 
-_KERAS = _keras_pieces()
-
-#: fit's arguments a PyDataset comes without: name, and Keras' words in its error.
-_NOT_WITH_A_PYDATASET = (("y", "y", "the targets"),
-                         ("sample_weight", "sample_weights", "the sample weights"))
+_ADAPTERS, _DataAdapter, KERAS_PROBLEM = _find_keras()
 
 
-def fit_arguments(frame):
-    """The arguments of the `EpochIterator` that `frame` builds, when it is the
-    TensorFlow trainer's; `None` otherwise."""
-    if _KERAS is None or frame.f_code is not _KERAS.trainer_code:
-        return None
-    local = frame.f_locals
-    arguments = _KERAS.signature.bind(None, *local["args"], **local["kwargs"])
-    arguments.apply_defaults()
-    return arguments.arguments
+def shuffle_warning() -> str:
+    return ("`shuffle=True` was passed to fit() (its default), but is ignored: an NpyDataset "
+            "is read in its own order, the same on every backend, and this one was made "
+            "with shuffle=False, so every epoch trains on the batches in the same order. "
+            'Make the training dataset with shuffle=True (or "block") for a new order '
+            "every epoch, or pass shuffle=False to fit() to keep this one.")
 
 
-if _KERAS is None:
-    class FitAdapter:
-        """A plain base: Keras' `DataAdapter` is not as this package expects it,
-        or the backend is not TensorFlow."""
+def _wrap(original):
+    def get_data_adapter(x, y=None, sample_weight=None, batch_size=None,
+                         steps_per_epoch=None, shuffle=False, class_weight=None):
+        from keras_npy.dataset import NpyDataset  # which imports this module
 
-        supported = False
+        if not isinstance(x, NpyDataset):
+            return original(x, y, sample_weight, batch_size, steps_per_epoch, shuffle,
+                            class_weight)
+        for value, name, what in ((y, "y", "targets"),
+                                  (sample_weight, "sample_weight", "sample weights")):
+            if value is not None:
+                raise ValueError(f"When `x` is an NpyDataset, `{name}` cannot be passed: the "
+                                 f"dataset yields the {what} (NpyDataset's `y`).")
+        if shuffle and not x._source.order.shuffle:
+            warnings.warn(shuffle_warning(), stacklevel=2)
+        return NpyDatasetAdapter(x, class_weight)
+
+    get_data_adapter.__wrapped__ = original
+    get_data_adapter.keras_npy = True
+    get_data_adapter.__doc__ = original.__doc__
+    return get_data_adapter
+
+
+def install() -> bool:
+    """Wraps Keras' `get_data_adapter` once; returns whether it is wrapped."""
+    if _ADAPTERS is None:
+        return False
+    if not getattr(_ADAPTERS.get_data_adapter, "keras_npy", False):
+        _ADAPTERS.get_data_adapter = _wrap(_ADAPTERS.get_data_adapter)
+    return True
+
+
+if KERAS_PROBLEM is not None:
+    warnings.warn(f"keras_npy cannot hand fit() its own reader of an NpyDataset ("
+                  f"{KERAS_PROBLEM}; this Keras release, {keras.__version__}, differs from "
+                  "those keras_npy knows), so Keras reads it as any PyDataset: fit()'s "
+                  "shuffle reorders its batches, and on TensorFlow batches that vary in "
+                  "shape fail.", stacklevel=2)
+
+    class NpyDatasetAdapter:
+        """Not available: see `KERAS_PROBLEM`."""
+
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(KERAS_PROBLEM)
 else:
-    class FitAdapter(_KERAS.DataAdapter):
-        """A Keras `DataAdapter` for a `PyDataset` that can also make its own
-        `tf.data` pipeline, `_pipeline_for_fit(shuffle, class_weight)` (or
-        `None` where Keras' PyDataset path must do what was asked)."""
+    class NpyDatasetAdapter(_DataAdapter):
+        """What Keras' trainers read an `NpyDataset` through: its batches of its
+        current epoch, in order, weighted by `class_weight`, as NumPy arrays
+        (JAX), torch tensors (PyTorch), or its `tf.data` pipeline
+        (TensorFlow)."""
 
-        supported = True
+        def __init__(self, dataset, class_weight=None):
+            self._dataset = dataset
+            self._weights = None if class_weight is None else ClassWeights(
+                class_weight, dataset._source.labels)
+            #: Whether a pass has read every batch since the last epoch's end.
+            self._pass_read = False
 
-        def get_tf_dataset(self):
-            arguments = fit_arguments(sys._getframe(1))
-            if arguments is None:  # not the trainer: what Keras makes of a PyDataset
-                return self._keras_adapter().get_tf_dataset()
-            for name, shown, description in _NOT_WITH_A_PYDATASET:
-                if arguments[name] is not None:  # Keras' own check of a PyDataset
-                    _KERAS.adapters.raise_unsupported_arg(shown, description, "PyDataset")
-            shuffle, class_weight = arguments["shuffle"], arguments["class_weight"]
-            pipeline = self._pipeline_for_fit(shuffle, class_weight)
-            if pipeline is not None:
-                return pipeline
-            return self._keras_adapter(shuffle, class_weight).get_tf_dataset()
+        def _batches(self):
+            dataset = self._dataset
+            epoch, last = dataset.epoch, len(dataset) - 1  # the epoch the pass starts in
+            for i in range(last + 1):
+                batch = dataset._batch_for_fit(epoch, i)
+                if i == last:
+                    self._passed()
+                yield batch if self._weights is None else self._weights.add_to(batch)
+
+        def _passed(self):
+            self._pass_read = True
 
         def get_numpy_iterator(self):
-            return self._keras_adapter().get_numpy_iterator()
+            return self._batches()
 
         def get_jax_iterator(self):
-            return self._keras_adapter().get_jax_iterator()
+            return self._batches()
 
         def get_torch_dataloader(self):
-            return self._keras_adapter().get_torch_dataloader()
+            convert = keras.ops.convert_to_tensor
+            for batch in self._batches():
+                yield keras.tree.map_structure(convert, batch)
+
+        def get_tf_dataset(self):
+            import tensorflow as tf
+
+            dataset = self._dataset
+            if dataset._reads_source():
+                from keras_npy.tf_pipeline import source_to_tf_dataset
+
+                pipeline = source_to_tf_dataset(dataset._source, epoch=lambda: dataset.epoch,
+                                                on_last_read=self._passed)
+                if self._weights is not None:
+                    pipeline = pipeline.map(self._weights.add_to_tensors,
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+                return pipeline
+            pipeline = tf.data.Dataset.from_generator(
+                self._batches, output_signature=self._signature(tf))
+            return pipeline.apply(tf.data.experimental.assert_cardinality(
+                len(dataset))).prefetch(tf.data.AUTOTUNE)
+
+        def _signature(self, tf):
+            """The element spec of the batches: that of the dataset's own, or,
+            for a subclass's `__getitem__`, Keras' rule (each axis as in the
+            first two batches, `None` where they differ)."""
+            from keras_npy.tf_pipeline import element_spec
+
+            dataset = self._dataset
+            if not dataset._overrides_batches():
+                spec = element_spec(dataset._source)
+                if self._weights is not None:
+                    spec = (*spec, tf.TensorSpec((None,), keras.config.floatx()))
+                return spec
+            first = [self._weighted(dataset[i]) for i in range(min(2, len(dataset)))]
+            if not first:
+                raise ValueError(f"{dataset!r} has no batches.")
+            return keras.tree.map_structure(
+                lambda *arrays: tf.TensorSpec(
+                    (None, *(d if len({a.shape[k + 1] for a in arrays}) == 1 else None
+                             for k, d in enumerate(arrays[0].shape[1:]))),
+                    tf.as_dtype(arrays[0].dtype)), *first)
+
+        def _weighted(self, batch):
+            return batch if self._weights is None else self._weights.add_to(batch)
+
+        @property
+        def num_batches(self):
+            return len(self._dataset)
 
         @property
         def batch_size(self):
             return None  # as Keras' PyDatasetAdapter: batches may differ in size
 
-        def _keras_adapter(self, shuffle=False, class_weight=None):
-            return _KERAS.adapters.PyDatasetAdapter(self, class_weight=class_weight,
-                                                    shuffle=shuffle)
+        @property
+        def has_partial_batch(self):
+            return None
+
+        @property
+        def partial_batch_size(self):
+            return None
+
+        def on_epoch_begin(self):
+            self._dataset.on_epoch_begin()
+
+        def on_epoch_end(self):
+            # Keras also ends an epoch before the first (each trainer's
+            # `epoch_iterator.reset()`, after maybe reading a batch to build
+            # the model): the dataset's epoch moves on only after a whole
+            # pass, so that fit's k-th epoch is the dataset's epoch k.
+            if self._pass_read:
+                self._pass_read = False
+                self._dataset.on_epoch_end()
+
+
+class ClassWeights:
+    """`fit`'s `class_weight` as a third element of each batch: each sample's
+    weight is that of its class (`1.0` for a class not named), with Keras'
+    rule for the class of a label: an integer label is the class, a label of
+    shape `(1,)` is rounded, a one-hot or probability row gives its argmax.
+
+    Args:
+        class_weight: a dict from class index (int >= 0) to weight.
+        labels: the dataset's `Labels`.
+    """
+
+    def __init__(self, class_weight, labels):
+        if not isinstance(class_weight, dict):
+            raise TypeError("`class_weight` must be a dict from class index to weight. "
+                            f"Received: class_weight={class_weight!r}")
+        for key, value in class_weight.items():
+            if (not isinstance(key, numbers.Integral) or isinstance(key, bool) or key < 0
+                    or not isinstance(value, numbers.Real) or not np.isfinite(value)):
+                raise ValueError("`class_weight` maps class indices (integers >= 0) to finite "
+                                 f"weights; it holds {key!r}: {value!r}.")
+        spec = labels.element_spec()
+        if spec is None:
+            raise ValueError("`class_weight` weighs each sample by its class, but this "
+                             "NpyDataset yields no targets (`y=None` or `label_mode=None`).")
+        self.shape, dtype = spec
+        if len(self.shape) > 1 or (len(self.shape) == 1 and self.shape[0] is None):
+            raise ValueError("`class_weight` weighs each sample by its class, read from its "
+                             "label: an integer, a label of shape (1,), or a one-hot row. "
+                             f"This NpyDataset's labels have shape {self.shape} each.")
+        self.rounded = np.dtype(dtype).kind not in "iub"
+        self.table = np.ones(max(class_weight, default=-1) + 1, keras.config.floatx())
+        for key, value in class_weight.items():
+            self.table[int(key)] = value
+
+    def weights(self, y: np.ndarray) -> np.ndarray:
+        """The weight of each label of a batch `y`."""
+        if y.ndim == 2:
+            y = y[:, 0] if y.shape[1] == 1 else np.argmax(y, axis=1)
+        classes = np.round(y).astype(np.int64) if self.rounded and y.dtype.kind == "f" else (
+            y.astype(np.int64))
+        known = (classes >= 0) & (classes < len(self.table))
+        weights = np.ones(len(classes), self.table.dtype)
+        weights[known] = self.table[classes[known]]
+        return weights
+
+    def add_to(self, batch):
+        x, y = batch
+        return x, y, self.weights(np.asarray(y))
+
+    def add_to_tensors(self, x, y):
+        """`add_to` in TensorFlow ops, for a `tf.data` pipeline."""
+        import tensorflow as tf
+
+        classes = y
+        if len(self.shape) == 1:
+            classes = classes[:, 0] if self.shape[0] == 1 else tf.argmax(classes, axis=1)
+        if self.rounded and classes.dtype.is_floating:
+            classes = tf.round(classes)
+        classes = tf.cast(classes, tf.int64)
+        table = tf.constant(self.table)
+        known = (classes >= 0) & (classes < len(self.table))
+        weights = tf.where(known, tf.gather(table, tf.where(known, classes, 0)),
+                           tf.ones_like(classes, table.dtype))
+        return x, y, weights
+
+
+install()

@@ -21,7 +21,7 @@ import numpy as np
 from keras_npy.batches import BatchSource
 
 
-def source_to_tf_dataset(source: BatchSource, epoch=None):
+def source_to_tf_dataset(source: BatchSource, epoch=None, on_last_read=None):
     """The `tf.data.Dataset` of a `BatchSource`'s batches, epoch after epoch.
 
     Args:
@@ -29,10 +29,12 @@ def source_to_tf_dataset(source: BatchSource, epoch=None):
         epoch: `None`, for iteration `k` to be epoch `k`, or a function called
             at the start of each iteration that returns its epoch (that of an
             `NpyDataset` feeding `fit`). Defaults to `None`.
+        on_last_read: `None`, or a function called when the last batch of an
+            iteration has been read. Defaults to `None`.
     """
     import tensorflow as tf
 
-    specs = _element_spec(source)
+    specs = element_spec(source)
     flat_specs = tf.nest.flatten(specs)
     units = _Units(source, flat_specs)
     flatten = _flattener(specs)
@@ -40,6 +42,8 @@ def source_to_tf_dataset(source: BatchSource, epoch=None):
     def read(epoch, unit):  # batch arrays of our own: a tensor may keep them
         first, count = units.batches(int(unit))
         flat = flatten(source.batches(int(epoch), first, count))
+        if on_last_read is not None and first + count == units.num_batches:
+            on_last_read()
         return [a.reshape(count, -1, *a.shape[1:]) for a in flat] if units.stacked else flat
 
     def to_element(epoch, unit):
@@ -155,7 +159,9 @@ class _EpochCounter:
         return np.int64(epoch)
 
 
-def _element_spec(source: BatchSource):
+def element_spec(source: BatchSource):
+    """The `tf.TensorSpec` structure of the batches of `source` (`None` for
+    the batch axis and for axes whose length differs between batches)."""
     import tensorflow as tf
 
     x = {name: tf.TensorSpec((None, *reader.element_shape()), tf.as_dtype(reader.dtype))

@@ -31,7 +31,7 @@ def test_the_suite_writes_every_group_and_the_plot(tmp_path):
             "list_files + numpy_function(np.load), parallel + padded_batch",
             "tf.data floor: a batch made in the graph, no read",
             "PyDataset bound: one constant batch, no read",
-            "NpyDataset, fit(shuffle=True): Keras' PyDataset path",
+            "NpyDataset's batches through Keras' PyDataset path",
             "NpyDataset, sequential, 256 MiB files: RssFile (mapped page cache)",
             "cold random 1 KiB preads, 64 threads", "NpyDataset ds[i], shuffle=\"block\"",
             "block shuffle: pairs of a batch from one block of 1024 rows",

@@ -93,7 +93,7 @@ def test_units_cover_every_batch_once_in_order(num_samples, batch_size, drop, mo
     monkeypatch.setattr(tf_pipeline, "MAX_STACK", 4)
     path = _save(str(tmp_path / "x.npy"), np.zeros((num_samples, 3), "float32"))
     source = build_batch_source(path, batch_size=batch_size, drop_remainder=drop)
-    units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline._element_spec(source)))
+    units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline.element_spec(source)))
     covered = [b for u in range(units.count)
                for first, count in [units.batches(u)] for b in range(first, first + count)]
     assert covered == list(range(source.order.num_batches))
@@ -109,7 +109,7 @@ def test_batches_under_a_mebibyte_are_read_four_mebibytes_a_call(row_bytes, stac
     # of 64 bytes: MAX_STACK.
     path = _save(str(tmp_path / "x.npy"), np.zeros((256 * 80, row_bytes // 4), "float32"))
     source = build_batch_source(path, batch_size=256)
-    units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline._element_spec(source)))
+    units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline.element_spec(source)))
     assert (units.stack, units.stacked) == (stack, stack > 1)
 
 
