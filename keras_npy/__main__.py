@@ -121,7 +121,8 @@ def _inspect(args) -> int:
 
 def _stats(args) -> int:
     # The loader without its front ends: no Keras (nor TensorFlow) to import.
-    from keras_npy.batches import build_batch_source
+    from keras_npy.batches import source_of
+    from keras_npy.spec import BatchSpec
     from keras_npy.statistics import sample_statistics, save_statistics
 
     if not args.output.endswith(".npz"):  # what np.savez writes, and what is read back
@@ -129,8 +130,8 @@ def _stats(args) -> int:
     if os.path.exists(args.output) and not args.force:
         raise ValueError(f"{args.output} exists; pass --force to overwrite it, or --output "
                          "to write another file.")
-    source = build_batch_source(args.path, layout=args.layout, pad_to="longest",
-                                follow_links=args.follow_links, verbose=not args.quiet)
+    source = source_of(args.path, None, BatchSpec(pad_to="longest"), layout=args.layout,
+                       follow_links=args.follow_links, verbose=not args.quiet)
     num_samples = source.order.num_samples
     mean, variance = sample_statistics(source.index.x, source.order.sample_ids, args.axis,
                                        verbose=not args.quiet)

@@ -1,6 +1,7 @@
-"""Argument checks shared by both front ends, so that the same bad argument
-gives the same message everywhere. Messages follow Keras' where Keras has
-the same argument."""
+"""Argument checks, each in one place: `BatchSpec` runs those of the batch
+keywords once per entry point, so the same bad argument gives the same
+message everywhere. Messages follow Keras' where Keras has the same
+argument."""
 
 from __future__ import annotations
 
@@ -125,3 +126,26 @@ def check_dtype(dtype) -> None:
     if kind not in "biufc":
         raise TypeError(f"`dtype` must be None or a numeric dtype (bool, integer, float or "
                         f"complex). Received: dtype={dtype!r}")
+
+
+def check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value) -> None:
+    """The padding arguments (`NpyDataset`'s `pad_to` to `pad_value`)."""
+    fixed = isinstance(pad_to, numbers.Integral) and not isinstance(pad_to, bool) and pad_to >= 0
+    shape = isinstance(pad_to, tuple) and all(
+        d is None or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0)
+        for d in pad_to)
+    if not (pad_to is None or pad_to == "longest" or fixed or shape):
+        raise ValueError('`pad_to` must be None, "longest", a non-negative int, or a tuple of '
+                         f"non-negative ints and None. Received: pad_to={pad_to!r}")
+    if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool)
+            or not isinstance(pad_to_multiple_of, numbers.Integral) or pad_to_multiple_of < 1):
+        raise ValueError("`pad_to_multiple_of` must be None or a positive integer. "
+                         f"Received: pad_to_multiple_of={pad_to_multiple_of!r}")
+    if pad_to_multiple_of is not None and pad_to != "longest":
+        raise ValueError('`pad_to_multiple_of` rounds up lengths padded with pad_to="longest"; '
+                         f"pass both. Received: pad_to={pad_to!r}")
+    check_padding_side("padding", padding)
+    check_padding_side("truncating", truncating)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Number):
+        raise TypeError(f"`pad_value` must be a number. Received: pad_value={pad_value!r}")

@@ -10,57 +10,45 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_npy import _checks, order as order_lib
+from keras_npy import labels as labels_lib, order as order_lib
 from keras_npy.index import DatasetIndex, build_index
-from keras_npy.read import BatchReader, Padding, ReadAhead, check_padding
+from keras_npy.read import BatchReader, Padding, ReadAhead
+from keras_npy.spec import BatchSpec
 
-
-#: Bytes read ahead of the batch being read (see `keras_npy.read.prefetch`).
-READ_AHEAD_BYTES = 64 * 2**20
 #: With `shuffle="block"`: a block's bytes, for the rows layout (at least one
 #: row), and its files, for the files layout; blocks mixed in a window.
 BLOCK_BYTES = 2**20
 BLOCK_FILES = 64
 SHUFFLE_WINDOW = 32
+#: What `build_index` takes of a front end's keywords; the rest make the spec.
+INDEX_KEYWORDS = ("layout", "class_names", "follow_links", "verbose")
 
 
-def build_batch_source(x=None, y=None, *, index=None, layout="auto", batch_size=32,
-                       shuffle=False, seed=None,
-                       label_mode="int", class_names=None, validation_split=None,
-                       subset=None, pad_to=None, pad_to_multiple_of=None, padding="post",
-                       truncating="post", pad_value=0, pad_targets=False,
-                       bucket_boundaries=None,
-                       drop_remainder=False, dtype=None, num_shards=1, shard_index=0,
-                       shuffle_block_size=None, shuffle_window=None,
-                       read_ahead_bytes=READ_AHEAD_BYTES,
-                       follow_links=False, verbose=True) -> "BatchSource":
-    """Validates the arguments (see `NpyDataset`), indexes the data from its
-    headers (unless `index`, a `DatasetIndex` built with the same arguments, is
-    given), and returns the `BatchSource` of its batches."""
-    order_lib.check_order_arguments(batch_size, shuffle, seed, validation_split, subset,
-                                    num_shards, shard_index, drop_remainder, bucket_boundaries)
-    _checks.check_block_shuffle(shuffle, shuffle_block_size, shuffle_window)
-    _checks.check_dtype(dtype)
-    _checks.check_read_ahead_bytes(read_ahead_bytes)
-    check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
-    _checks.check_bool("pad_targets", pad_targets)
-    if index is None:
-        index = build_index(x, y, layout=layout, class_names=class_names,
-                            label_mode=label_mode, follow_links=follow_links, verbose=verbose)
-    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
-    padding_spec = Padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
-    readers = {name: BatchReader(ix, padding_spec, dtype, name)
+def source_of_keywords(caller: str, x, y, kwargs: dict) -> "BatchSource":
+    """The `BatchSource` of a front end called as `caller(x, y, **kwargs)`
+    with `NpyDataset`'s keywords (index and batch keywords, no workers)."""
+    index_keywords = {k: kwargs.pop(k) for k in INDEX_KEYWORDS if k in kwargs}
+    return source_of(x, y, BatchSpec.from_keywords(caller, **kwargs), **index_keywords)
+
+
+def source_of(x, y, spec: BatchSpec, **index_keywords) -> "BatchSource":
+    """Indexes `x` and `y` from their headers (`INDEX_KEYWORDS`, as
+    `build_index` takes them) and returns the `BatchSource` of `spec`."""
+    return build_batch_source(build_index(x, y, **index_keywords), spec)
+
+
+def build_batch_source(index: DatasetIndex, spec: BatchSpec) -> "BatchSource":
+    """The `BatchSource` of `spec`'s batches of an index."""
+    labels_lib.check_label_mode(spec.label_mode, index.class_names)
+    padding = spec.padding_spec
+    readers = {name: BatchReader(ix, padding, spec.dtype, name)
                for name, ix in index.inputs.items()}
     order = order_lib.Order(
-        index.num_samples, batch_size=batch_size, shuffle=shuffle, seed=seed,
-        validation_split=validation_split, subset=subset, num_shards=num_shards,
-        shard_index=shard_index, drop_remainder=drop_remainder,
-        lengths=_bucket_lengths(index, bucket_boundaries),
-        bucket_boundaries=bucket_boundaries,
-        block_size=shuffle_block_size or _default_block_size(index),
-        window=shuffle_window or SHUFFLE_WINDOW)
-    labels = Labels(index, label_mode, padding_spec if pad_targets else None)
-    return BatchSource(index, readers, labels, order, seed, read_ahead_bytes)
+        index.num_samples, spec, lengths=_bucket_lengths(index, spec.bucket_boundaries),
+        block_size=spec.shuffle_block_size or _default_block_size(index),
+        window=spec.shuffle_window or SHUFFLE_WINDOW)
+    labels = Labels(index, spec.label_mode, padding if spec.pad_targets else None)
+    return BatchSource(index, spec, readers, labels, order)
 
 
 class BatchSource:
@@ -69,19 +57,19 @@ class BatchSource:
 
     Attributes:
         index: the `DatasetIndex`.
+        spec: the `BatchSpec`.
         readers: a `BatchReader` per input name (`"x"` for a single input).
         labels: the `Labels` of the batches.
         order: the `Order` of the samples.
-        seed: the seed of the order (drawn when the user gave none).
         read_ahead: the `ReadAhead` window of this process.
     """
 
-    def __init__(self, index: DatasetIndex, readers: dict, labels: "Labels",
-                 order: order_lib.Order, seed: int, read_ahead_bytes: int = READ_AHEAD_BYTES):
-        self.index, self.readers, self.labels = index, readers, labels
-        self.order, self.seed = order, seed
+    def __init__(self, index: DatasetIndex, spec: BatchSpec, readers: dict, labels: "Labels",
+                 order: order_lib.Order):
+        self.index, self.spec, self.readers, self.labels = index, spec, readers, labels
+        self.order, self.seed = order, spec.seed
         self.multi_input = isinstance(index.x, dict)
-        self.read_ahead = ReadAhead(read_ahead_bytes)
+        self.read_ahead = ReadAhead(spec.read_ahead_bytes)
         self._all_readers = [*readers.values(), *([labels.reader] if labels.reader else [])]
         self._single = None if self.multi_input else readers["x"]
         self._blocks = order.shuffle == "block"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_npy import _checks, labels as labels_lib
-from keras_npy.batches import build_batch_source
+from keras_npy import _checks
+from keras_npy.batches import build_batch_source, source_of
 from keras_npy import fit_adapter  # noqa: F401  (hands fit() an NpyDataset's own reader)
 from keras_npy.index import DatasetIndex
+from keras_npy.spec import BatchSpec
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import BatchWorkers
 
@@ -132,16 +133,17 @@ class NpyDataset(keras.utils.PyDataset):
                  dtype=None, num_shards=1, shard_index=0, shuffle_block_size=None,
                  shuffle_window=None, read_ahead_bytes=64 * 2**20, follow_links=False, verbose=True,
                  workers=1, use_multiprocessing=False, max_queue_size=10):
-        source = build_batch_source(
-            x, y, layout=layout, batch_size=batch_size, shuffle=shuffle, seed=seed,
-            label_mode=label_mode, class_names=class_names, validation_split=validation_split,
-            subset=subset, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
-            padding=padding, truncating=truncating, pad_value=pad_value,
-            pad_targets=pad_targets, bucket_boundaries=bucket_boundaries,
-            drop_remainder=drop_remainder, dtype=dtype,
-            num_shards=num_shards, shard_index=shard_index,
-            shuffle_block_size=shuffle_block_size, shuffle_window=shuffle_window,
-            read_ahead_bytes=read_ahead_bytes, follow_links=follow_links, verbose=verbose)
+        spec = BatchSpec(
+            batch_size=batch_size, shuffle=shuffle, seed=seed, label_mode=label_mode,
+            validation_split=validation_split, subset=subset, pad_to=pad_to,
+            pad_to_multiple_of=pad_to_multiple_of, padding=padding, truncating=truncating,
+            pad_value=pad_value, pad_targets=pad_targets, bucket_boundaries=bucket_boundaries,
+            drop_remainder=drop_remainder, dtype=dtype, num_shards=num_shards,
+            shard_index=shard_index, shuffle_block_size=shuffle_block_size,
+            shuffle_window=shuffle_window, read_ahead_bytes=read_ahead_bytes)
+        _checks.check_workers(workers, use_multiprocessing, max_queue_size)
+        source = source_of(x, y, spec, layout=layout, class_names=class_names,
+                           follow_links=follow_links, verbose=verbose)
         self._start(source, workers, use_multiprocessing, max_queue_size)
 
     @classmethod
@@ -179,8 +181,9 @@ class NpyDataset(keras.utils.PyDataset):
         if source_arguments:
             raise TypeError(f"NpyDataset.from_index() takes the batch arguments; the index "
                             f"already holds the data, so {source_arguments} cannot be passed.")
-        labels_lib.check_label_mode(kwargs.get("label_mode", "int"), index.class_names)
-        return cls._from_source(build_batch_source(index=index, **kwargs), workers=workers,
+        spec = BatchSpec.from_keywords("NpyDataset.from_index", **kwargs)
+        _checks.check_workers(workers, use_multiprocessing, max_queue_size)
+        return cls._from_source(build_batch_source(index, spec), workers=workers,
                                 use_multiprocessing=use_multiprocessing,
                                 max_queue_size=max_queue_size)
 
@@ -194,13 +197,12 @@ class NpyDataset(keras.utils.PyDataset):
         return dataset
 
     def _start(self, source, workers, use_multiprocessing, max_queue_size):
-        _checks.check_workers(workers, use_multiprocessing, max_queue_size)
         keras.utils.PyDataset.__init__(self, workers=workers,
                                        use_multiprocessing=use_multiprocessing,
                                        max_queue_size=max_queue_size)
         self._source = source
-        self.index, self.seed = source.index, source.seed
-        self.label_mode = source.labels.label_mode
+        self.index, self.seed = source.index, source.spec.seed
+        self.label_mode = source.spec.label_mode
         parallel = workers > 1 or (workers > 0 and use_multiprocessing)
         self._batch_workers = BatchWorkers(source, workers, use_multiprocessing,
                                            max_queue_size) if parallel else None

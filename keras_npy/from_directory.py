@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_npy import _checks, labels as labels_lib
+from keras_npy import _checks
 from keras_npy.batches import build_batch_source
 from keras_npy.dataset import NpyDataset
 from keras_npy.index import build_index
+from keras_npy.spec import BatchSpec
 from keras_npy.tf_pipeline import source_to_tf_dataset
 
 FORMATS = ("tf", "pydataset")
@@ -70,23 +71,32 @@ def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
         each has `.class_names` and `.file_paths`.
     """
     _check_labels(labels, class_names)
-    labels_lib.check_label_mode(label_mode, None)
     if format not in FORMATS:
         raise ValueError('`format` should be either "tf" or "pydataset". '
                          f"Received: format={format}")
-    _checks.check_validation_split(validation_split, subset, shuffle, seed, allow_both=True)
+    if subset not in ("training", "validation", "both", None):
+        raise ValueError('`subset` must be either "training", "validation" or "both", '
+                         f"received: {subset}")
+    workers = {name: kwargs.pop(name) for name in _WORKER_ARGUMENTS if name in kwargs}
+    if workers and format == "tf":
+        raise ValueError(f"`{next(iter(workers))}` sets the reading workers of an NpyDataset "
+                         '(format="pydataset"); tf.data reads in parallel itself. '
+                         'Received: format="tf"')
+    workers = {"workers": 1, "use_multiprocessing": False, "max_queue_size": 10, **workers}
+    _checks.check_workers(**workers)
     if labels is None or label_mode is None:
         labels, label_mode = None, None
+    spec = BatchSpec.from_keywords(
+        "npy_dataset_from_directory", label_mode=label_mode, batch_size=batch_size,
+        shuffle=shuffle, seed=seed, validation_split=validation_split,
+        subset="training" if subset == "both" else subset, **kwargs)
     y = np.asarray(labels) if isinstance(labels, (list, tuple)) else labels
     index = build_index(directory, y, layout="files", class_names=class_names,
-                        label_mode=label_mode, follow_links=follow_links, verbose=verbose)
+                        follow_links=follow_links, verbose=verbose)
     if verbose:
         _print_found(index)
-    subsets = ["training", "validation"] if subset == "both" else [subset]
-    datasets = [_make(format, index, subset=s, label_mode=label_mode,
-                      batch_size=batch_size, shuffle=shuffle, seed=seed,
-                      validation_split=validation_split, follow_links=follow_links,
-                      verbose=verbose, **kwargs) for s in subsets]
+    specs = [spec, spec.for_subset("validation")] if subset == "both" else [spec]
+    datasets = [_make(format, index, s, workers, verbose) for s in specs]
     return tuple(datasets) if subset == "both" else datasets[0]
 
 
@@ -113,18 +123,13 @@ def _print_found(index) -> None:
         print(f"Found {index.num_samples} files.")
 
 
-def _make(format, index, **kwargs):
+def _make(format, index, spec, workers, verbose):
     """One dataset of `npy_dataset_from_directory`, from the index built once."""
-    workers = {name: kwargs.pop(name) for name in _WORKER_ARGUMENTS if name in kwargs}
-    if workers and format == "tf":
-        raise ValueError(f"`{next(iter(workers))}` sets the reading workers of an NpyDataset "
-                         '(format="pydataset"); tf.data reads in parallel itself. '
-                         'Received: format="tf"')
-    source = build_batch_source(index=index, **kwargs)
+    source = build_batch_source(index, spec)
     if format == "pydataset":
         dataset = NpyDataset._from_source(source, **workers)
     else:
         dataset = source_to_tf_dataset(source)
-    if kwargs["verbose"] and kwargs["subset"] is not None:
-        print(f"Using {source.order.num_samples} files for {kwargs['subset']}.")
+    if verbose and spec.subset is not None:
+        print(f"Using {source.order.num_samples} files for {spec.subset}.")
     return dataset

@@ -33,49 +33,34 @@ import threading
 
 import numpy as np
 
-from keras_npy import _checks
 
 
 class Order:
-    """The batches of every epoch, as arrays of sample ids.
+    """The batches of every epoch, as arrays of sample ids: where each batch
+    starts and ends is decided here and nowhere else.
 
     Args:
         num_samples: the number of samples in the index.
-        batch_size: samples per batch.
-        shuffle: `False`; `True`, for a new global permutation every epoch; or
-            `"block"`, for the block shuffle.
-        seed: the seed of the split and of every epoch's permutation.
-        validation_split: fraction of samples held out for validation, or
-            `None`.
-        subset: `"training"` or `"validation"` when `validation_split` is
-            set.
-        num_shards: the number of shards the selected samples are dealt to.
-        shard_index: the shard kept.
-        drop_remainder: whether a last batch smaller than `batch_size` is
-            dropped.
+        spec: the `BatchSpec` (`batch_size`, `shuffle`, `seed`, the split,
+            the shard, `drop_remainder`, `bucket_boundaries`).
         lengths: the length (first axis) of each sample, `int64`, needed only
             with `bucket_boundaries`.
-        bucket_boundaries: increasing lengths; bucket `k` holds samples with
-            `boundaries[k-1] <= length < boundaries[k]`.
         block_size: with `shuffle="block"`, the samples of a block.
         window: with `shuffle="block"`, the blocks whose samples are shuffled
             together.
     """
 
-    def __init__(self, num_samples: int, *, batch_size: int, shuffle: bool, seed: int,
-                 validation_split: float | None = None, subset: str | None = None,
-                 num_shards: int = 1, shard_index: int = 0, drop_remainder: bool = False,
-                 lengths: np.ndarray | None = None,
-                 bucket_boundaries: list[int] | None = None, block_size: int = 1,
-                 window: int = 1):
-        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_remainder, self.block_size, self.window = drop_remainder, block_size, window
-        self.sample_ids = select_samples(num_samples, validation_split, subset, shuffle, seed,
-                                         num_shards, shard_index)
+    def __init__(self, num_samples: int, spec, *, lengths: np.ndarray | None = None,
+                 block_size: int = 1, window: int = 1):
+        self._arguments = (num_samples, spec, lengths, block_size, window)
+        batch_size, shuffle = spec.batch_size, spec.shuffle
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, spec.seed
+        self.drop_remainder, self.block_size, self.window = spec.drop_remainder, block_size, window
+        self.sample_ids = select_samples(num_samples, spec.validation_split, spec.subset,
+                                         shuffle, spec.seed, spec.num_shards, spec.shard_index)
         self.buckets = None  # the bucket of each selected sample
-        if bucket_boundaries is not None:
-            self.buckets = np.searchsorted(np.asarray(bucket_boundaries),
+        if spec.bucket_boundaries is not None:
+            self.buckets = np.searchsorted(np.asarray(spec.bucket_boundaries),
                                             lengths[self.sample_ids], side="right")
         ids = self.sample_ids
         #: Whether every batch is a run of consecutive sample ids (no shuffle,
@@ -83,11 +68,14 @@ class Order:
         self.consecutive = bool(not shuffle and self.buckets is None and (
             len(ids) == 0 or ids[-1] - ids[0] == len(ids) - 1))
         self._base = int(ids[0]) if len(ids) else 0
-        self._stop = len(ids) - len(ids) % batch_size if drop_remainder else len(ids)
+        self._stop = len(ids) - len(ids) % batch_size if self.drop_remainder else len(ids)
         self._blocks = shuffle == "block" and self.buckets is None
         self._lock = threading.Lock()
         self._cached = None  # (epoch, ordered sample ids, batch starts, windows)
         self.num_batches = len(self._plan(0)[1]) - 1
+        #: How many batches, from the first, hold `batch_size` samples in every
+        #: epoch (all but a last, smaller one; without buckets).
+        self.full_batches = len(ids) // batch_size if self.buckets is None else 0
 
     @property
     def num_samples(self) -> int:
@@ -158,10 +146,11 @@ class Order:
         return [group[k:k + self.batch_size] for k in range(0, stop, self.batch_size)]
 
     def __getstate__(self):
-        return self._arguments  # the ids are recomputed: a pickle holds no arrays
+        return self._arguments  # the ids are recomputed: a pickle holds fewer arrays
 
     def __setstate__(self, arguments):
-        self.__init__(**arguments)
+        num_samples, spec, lengths, block_size, window = arguments
+        self.__init__(num_samples, spec, lengths=lengths, block_size=block_size, window=window)
 
 
 def block_shuffle(n: int, block_size: int, window: int, rng) -> tuple[np.ndarray, tuple]:
@@ -203,16 +192,3 @@ def select_samples(num_samples: int, validation_split: float | None, subset: str
             permuted[:num_samples - num_val])
         ids = np.sort(chosen)
     return ids[shard_index::num_shards]
-
-
-def check_order_arguments(batch_size, shuffle, seed, validation_split, subset, num_shards,
-                          shard_index, drop_remainder, bucket_boundaries,
-                          allow_both: bool = False) -> None:
-    """Checks the ordering arguments; the messages are Keras' where Keras has one."""
-    _checks.check_batch_size(batch_size)
-    _checks.check_shuffle(shuffle)
-    _checks.check_bool("drop_remainder", drop_remainder)
-    _checks.check_seed(seed)
-    _checks.check_validation_split(validation_split, subset, shuffle, seed, allow_both)
-    _checks.check_shards(num_shards, shard_index)
-    _checks.check_bucket_boundaries(bucket_boundaries)

@@ -29,7 +29,7 @@ def data_statistics(data, axis, kwargs: dict):
     """`(mean, variance, sample shape)` of the unpadded samples of `data` (an
     `NpyDataset`, or what it takes as `x`, with the keywords of
     `normalization_layer` that select samples): what that layer is made of."""
-    from keras_npy.batches import build_batch_source
+    from keras_npy.batches import source_of_keywords
     from keras_npy.dataset import NpyDataset
 
     if isinstance(data, NpyDataset):
@@ -43,7 +43,8 @@ def data_statistics(data, axis, kwargs: dict):
             raise TypeError(f"normalization_layer() got unexpected keyword arguments {unknown}; "
                             f"it takes {', '.join(_INDEX_KEYWORDS)}.")
         # Padding only lets batches of varying shapes stack; statistics never read it.
-        source = build_batch_source(data, pad_to="longest", **kwargs)
+        source = source_of_keywords("normalization_layer", data, None,
+                                    {**kwargs, "pad_to": "longest"})
     if source.multi_input:
         raise ValueError("normalization_layer() normalizes one input, but the data has "
                          f"{len(source.index.x)}: {sorted(source.index.x)}. Pass one input's "

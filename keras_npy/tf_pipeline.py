@@ -130,7 +130,7 @@ class _Units:
         self.num_batches, self.stack = order.num_batches, 1
         fixed = order.buckets is None and all(
             s.shape[1:].is_fully_defined() for s in flat_specs)
-        full = order.num_samples // order.batch_size  # batches of batch_size samples
+        full = order.full_batches
         if fixed:
             sample_bytes = sum(s.shape[1:].num_elements() * s.dtype.size for s in flat_specs)
             batch_bytes = max(1, order.batch_size * sample_bytes)

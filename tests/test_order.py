@@ -3,8 +3,14 @@ import pickle
 import numpy as np
 import pytest
 
-from keras_npy import order as order_lib
-from keras_npy.order import Order
+from keras_npy.order import Order as _Order
+from keras_npy.spec import BatchSpec
+
+
+def Order(num_samples, *, lengths=None, block_size=1, window=1, **spec):  # noqa: N802
+    """An `Order` of a `BatchSpec` made of the batch keywords `spec`."""
+    return _Order(num_samples, BatchSpec(**spec), lengths=lengths, block_size=block_size,
+                  window=window)
 
 
 def _epoch(order, epoch):
@@ -105,13 +111,13 @@ def test_bad_arguments(kwargs, message):
                      num_shards=1, shard_index=0, drop_remainder=False, bucket_boundaries=None)
     arguments.update(kwargs)
     with pytest.raises(ValueError) as info:
-        order_lib.check_order_arguments(**arguments)
+        BatchSpec(**arguments)
     assert str(info.value) == message
 
 
 def test_shuffle_must_be_a_bool_or_block():
     with pytest.raises(TypeError) as info:
-        order_lib.check_order_arguments(4, "yes", 0, None, None, 1, 0, False, None)
+        BatchSpec(batch_size=4, shuffle="yes", seed=0)
     assert str(info.value) == ('`shuffle` must be True, False or "block". '
                                "Received: shuffle='yes'")
 
@@ -199,11 +205,6 @@ def test_block_shuffle_composes_with_splits_shards_and_drop_remainder(kwargs):
      "`shuffle_window` must be None or a positive integer. Received: shuffle_window=2.5"),
 ])
 def test_bad_block_shuffle_arguments(kwargs, message):
-    from keras_npy import _checks
-
-    arguments = dict(shuffle=False, shuffle_block_size=None, shuffle_window=None)
-    arguments.update(kwargs)
     with pytest.raises(ValueError) as info:
-        _checks.check_block_shuffle(arguments["shuffle"], arguments["shuffle_block_size"],
-                                    arguments["shuffle_window"])
+        BatchSpec(**kwargs)
     assert str(info.value) == message

@@ -192,8 +192,10 @@ def test_varying_shapes_without_pad_to(ragged):
     (dict(pad_value="0"), TypeError, "`pad_value` must be a number. Received: pad_value='0'"),
 ])
 def test_bad_padding_arguments(kwargs, error, message):
+    from keras_npy.spec import BatchSpec
+
     with pytest.raises(error) as info:
-        Padding(**kwargs)
+        BatchSpec(**kwargs)
     assert str(info.value) == message
 
 

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import keras_npy
 from keras_npy import NpyDataset, npy_dataset, npy_dataset_from_directory, tf_pipeline
-from keras_npy.batches import build_batch_source
+from keras_npy.batches import source_of
+from keras_npy.spec import BatchSpec
 from helpers import save as _save
 
 
@@ -92,7 +93,7 @@ def test_units_cover_every_batch_once_in_order(num_samples, batch_size, drop, mo
                                                tmp_path):
     monkeypatch.setattr(tf_pipeline, "MAX_STACK", 4)
     path = _save(str(tmp_path / "x.npy"), np.zeros((num_samples, 3), "float32"))
-    source = build_batch_source(path, batch_size=batch_size, drop_remainder=drop)
+    source = source_of(path, None, BatchSpec(batch_size=batch_size, drop_remainder=drop))
     units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline.element_spec(source)))
     covered = [b for u in range(units.count)
                for first, count in [units.batches(u)] for b in range(first, first + count)]
@@ -108,7 +109,7 @@ def test_batches_under_a_mebibyte_are_read_four_mebibytes_a_call(row_bytes, stac
     # 256 rows of 1 KiB: 16 batches a call; of 4 KiB (1 MiB batches): one;
     # of 64 bytes: MAX_STACK.
     path = _save(str(tmp_path / "x.npy"), np.zeros((256 * 80, row_bytes // 4), "float32"))
-    source = build_batch_source(path, batch_size=256)
+    source = source_of(path, None, BatchSpec(batch_size=256))
     units = tf_pipeline._Units(source, tf.nest.flatten(tf_pipeline.element_spec(source)))
     assert (units.stack, units.stacked) == (stack, stack > 1)
 

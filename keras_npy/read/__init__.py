@@ -12,7 +12,7 @@
 """
 
 from keras_npy.read.engine import BatchReader
-from keras_npy.read.padding import Padding, check_padding
+from keras_npy.read.padding import Padding
 from keras_npy.read.prefetch import ReadAhead
 
-__all__ = ["BatchReader", "Padding", "ReadAhead", "check_padding"]
+__all__ = ["BatchReader", "Padding", "ReadAhead"]

@@ -11,7 +11,6 @@ import numbers
 
 import numpy as np
 
-from keras_npy import _checks
 
 
 class Padding:
@@ -31,7 +30,6 @@ class Padding:
 
     def __init__(self, pad_to=None, pad_to_multiple_of=None, padding="post",
                  truncating="post", pad_value=0):
-        check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value)
         self.pad_to, self.pad_to_multiple_of = pad_to, pad_to_multiple_of
         self.padding, self.truncating, self.pad_value = padding, truncating, pad_value
 
@@ -80,29 +78,6 @@ class Padding:
                 source.append(slice(0, length))
                 destination.append(slice(start, start + length))
         return tuple(source), tuple(destination)
-
-
-def check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value) -> None:
-    """Checks the padding arguments (shared by both front ends)."""
-    fixed = isinstance(pad_to, numbers.Integral) and not isinstance(pad_to, bool) and pad_to >= 0
-    shape = isinstance(pad_to, tuple) and all(
-        d is None or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0)
-        for d in pad_to)
-    if not (pad_to is None or pad_to == "longest" or fixed or shape):
-        raise ValueError('`pad_to` must be None, "longest", a non-negative int, or a tuple of '
-                         f"non-negative ints and None. Received: pad_to={pad_to!r}")
-    if pad_to_multiple_of is not None and (
-            isinstance(pad_to_multiple_of, bool)
-            or not isinstance(pad_to_multiple_of, numbers.Integral) or pad_to_multiple_of < 1):
-        raise ValueError("`pad_to_multiple_of` must be None or a positive integer. "
-                         f"Received: pad_to_multiple_of={pad_to_multiple_of!r}")
-    if pad_to_multiple_of is not None and pad_to != "longest":
-        raise ValueError('`pad_to_multiple_of` rounds up lengths padded with pad_to="longest"; '
-                         f"pass both. Received: pad_to={pad_to!r}")
-    _checks.check_padding_side("padding", padding)
-    _checks.check_padding_side("truncating", truncating)
-    if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Number):
-        raise TypeError(f"`pad_value` must be a number. Received: pad_value={pad_value!r}")
 
 
 def check_pad_value(pad_value, native: np.dtype):
