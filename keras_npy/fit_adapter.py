@@ -10,7 +10,10 @@ of another shape fails) and hands TensorFlow one Python call per batch. A
 arguments: `class_weight` would be dropped without a word. So importing
 keras_npy wraps `get_data_adapter`: an `NpyDataset` gets an
 `NpyDatasetAdapter` made with `fit`'s arguments; any other `x` goes to Keras'
-function, untouched.
+function, untouched but for one thing: for a `tf.data.Dataset` made by
+`npy_dataset` (not transformed since), Keras' warning that `fit`'s `shuffle`
+is ignored is replaced by this module's, given only when the dataset does not
+shuffle itself.
 
 This module is the one place keras_npy uses Keras' private modules
 (`keras.src`). `KERAS_PROBLEM` says what differs when a Keras release no
@@ -61,12 +64,12 @@ def _find_keras():
 _ADAPTERS, _DataAdapter, KERAS_PROBLEM = _find_keras()
 
 
-def shuffle_warning() -> str:
-    return ("`shuffle=True` was passed to fit() (its default), but is ignored: an NpyDataset "
-            "is read in its own order, the same on every backend, and this one was made "
-            "with shuffle=False, so every epoch trains on the batches in the same order. "
-            'Make the training dataset with shuffle=True (or "block") for a new order '
-            "every epoch, or pass shuffle=False to fit() to keep this one.")
+def shuffle_warning(what: str = "an NpyDataset") -> str:
+    return (f"`shuffle=True` was passed to fit() (its default), but is ignored: {what} is "
+            "read in its own order, the same on every backend, and this one was made with "
+            "shuffle=False, so every epoch trains on the batches in the same order. Make the "
+            'training dataset with shuffle=True (or "block") for a new order every epoch, or '
+            "pass shuffle=False to fit() to keep this one.")
 
 
 def _wrap(original):
@@ -75,6 +78,12 @@ def _wrap(original):
         from keras_npy.dataset import NpyDataset  # which imports this module
 
         if not isinstance(x, NpyDataset):
+            shuffles = getattr(x, "_keras_npy_shuffles", None)
+            if shuffles is not None:  # a tf.data.Dataset keras_npy made, as it was made
+                if shuffle and not shuffles:
+                    warnings.warn(shuffle_warning("a tf.data.Dataset of keras_npy"),
+                                  stacklevel=2)
+                shuffle = False  # not Keras' warning: this one shuffles itself or was told
             return original(x, y, sample_weight, batch_size, steps_per_epoch, shuffle,
                             class_weight)
         for value, name, what in ((y, "y", "targets"),

@@ -88,6 +88,7 @@ def source_to_tf_dataset(source: BatchSource, epoch=None, on_last_read=None):
     dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
     dataset.class_names = source.index.class_names
     dataset.file_paths = source.file_paths()
+    dataset._keras_npy_shuffles = bool(source.order.shuffle)  # for fit (see fit_adapter)
     return dataset
 
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -140,8 +141,24 @@ def test_fit_learns_a_linear_target(tmp_path):
     ds = npy_dataset(path, y=x @ w, batch_size=64, shuffle=True, seed=0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False)])
     model.compile(keras.optimizers.SGD(0.1), "mse")
-    model.fit(ds, epochs=5, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no word on fit's shuffle: the dataset shuffles
+        model.fit(ds, epochs=5, verbose=0)
     np.testing.assert_allclose(model.get_weights()[0], w, atol=1e-3)
+
+
+def test_fit_of_an_unshuffled_npy_dataset_warns_in_keras_npys_words(rows_file):
+    from keras_npy import fit_adapter
+
+    path, x = rows_file
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.warns(UserWarning) as caught:
+        model.fit(npy_dataset(path, y=x[:, 0], batch_size=16), verbose=0)
+    assert [str(w.message) for w in caught if "shuffle" in str(w.message)] == [
+        fit_adapter.shuffle_warning("a tf.data.Dataset of keras_npy")]
+    with pytest.warns(UserWarning, match="provided as a tf.data.Dataset"):  # Keras' own
+        model.fit(npy_dataset(path, y=x[:, 0], batch_size=16).prefetch(1), verbose=0)
 
 
 def test_from_directory_mirrors_keras(data, capsys):
