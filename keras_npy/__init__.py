@@ -41,9 +41,15 @@ def __getattr__(name):
 
 
 def _started_as_the_command() -> bool:
-    """Whether this process is the `keras-npy` console script (never
-    `python -m keras_npy`, nor a program that imports keras_npy)."""
-    return os.path.basename(sys.argv[0] if sys.argv else "") in ("keras-npy", "keras-npy.exe")
+    """Whether this process is the `keras-npy` console script or `python -m
+    keras_npy` (never a program that imports keras_npy)."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") in ("keras-npy", "keras-npy.exe"):
+        return True
+    # `python -m keras_npy` imports this package while sys.argv[0] is "-m".
+    command = getattr(sys, "orig_argv", [])
+    return sys.argv[:1] == ["-m"] and any(
+        flag == "-m" and module in ("keras_npy", "keras_npy.__main__")
+        for flag, module in zip(command, command[1:]))
 
 
 if not _started_as_the_command():

@@ -7,9 +7,13 @@ normalization layer, `bench` how fast it reads, and run the `demo`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import re
 import sys
+import tempfile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +150,7 @@ def _stats(args) -> int:
 
 
 def _bench(args) -> int:
+    _import_backends_quietly()
     from keras_npy.bench import bench_source, format_bench
 
     result = bench_source(args.path, batch_size=args.batch_size, max_batches=args.batches,
@@ -155,10 +160,60 @@ def _bench(args) -> int:
 
 
 def _demo(args) -> int:
+    _import_backends_quietly()
     from keras_npy.demo import format_demo, run_demo
 
     print(format_demo(run_demo(num_samples=args.samples, epochs=args.epochs, verbose=2)))
     return 0
+
+
+# How TensorFlow's C++ libraries log: absl's banner, then "I0000 00:00:1700000000.123456
+# 4242 port.cc:153] oneDNN ...", the first letter the severity (INFO, WARNING, ERROR, FATAL).
+_ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called"
+_ABSL_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
+
+
+def _import_backends_quietly() -> None:
+    """Imports Keras and TensorFlow (when installed) for `bench` and `demo`
+    without TensorFlow's start-up notices."""
+    with _start_up_notices_held_back():
+        import keras  # noqa: F401  (and the backend that KERAS_BACKEND names)
+        if importlib.util.find_spec("tensorflow") is not None:  # for npy_dataset
+            import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def _start_up_notices_held_back():
+    """Holds back, from what is written to stderr inside, the C++ log lines
+    that `TF_CPP_MIN_LOG_LEVEL` excludes; other lines pass. The level
+    defaults to 2 in this process: no INFO or WARNING lines.
+
+    TensorFlow's libraries log some notices (oneDNN's) while they load, before
+    they read the level: file descriptor 2 is captured, and written back
+    without those lines.
+    """
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    hidden = "IWEF"[:int(level)] if level.isdigit() else ""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _is_hidden(line, hidden)))
+
+
+def _is_hidden(line: str, severities: str) -> bool:
+    if line.startswith(_ABSL_BANNER):
+        return bool(severities)
+    match = _ABSL_LINE.match(line)
+    return match is not None and match.group(1) in severities
 
 
 def _numpy_print_options():

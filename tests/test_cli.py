@@ -210,7 +210,8 @@ def test_stats_bad_axis_and_bad_statistics_file(tree, tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["files", "rows"])
-def test_bench_prints_rates_next_to_the_raw_read(tree, tmp_path, layout):
+def test_bench_prints_rates_next_to_the_raw_read(tree, tmp_path, layout, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # what the command sets, undone after
     path = tree if layout == "files" else _save(str(tmp_path / "x.npy"),
                                                 np.zeros((5000, 32), "float32"))
     done = _run("bench", path, "--batches", "3", "--batch-size", "8")
@@ -227,6 +228,27 @@ def test_bench_prints_rates_next_to_the_raw_read(tree, tmp_path, layout):
     assert re.match(r"Each npy_dataset pass .* a pass of one batch takes \d+ ms\.$", lines[5])
     result = json.loads(_run("bench", path, "--batches", "2", "--json").stdout)
     assert set(result["seconds"]) == {"raw", "NpyDataset", "npy_dataset"}
+
+
+@pytest.mark.parametrize("level", ["2", "0"])
+def test_tensorflow_start_up_notices_are_held_to_the_log_level(monkeypatch, capfd, level):
+    """`bench` and `demo` import TensorFlow inside `_start_up_notices_held_back`: what its
+    libraries log while they load, before they read TF_CPP_MIN_LOG_LEVEL (2 unless set),
+    comes out as that level says."""
+    from keras_npy.__main__ import _start_up_notices_held_back
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    logged = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796195844.650175   11040 port.cc:153] oneDNN custom operations are on.",
+        "W0501 12:00:01.000001   11040 cuda_executor.cc:10] no CUDA driver",
+        "E0000 00:00:1796195844.650175   11040 cuda_dnn.cc:8579] Unable to register a factory",
+        "a line of Python's",
+    ]
+    with _start_up_notices_held_back():
+        os.write(2, "".join(line + "\n" for line in logged).encode())
+    kept = capfd.readouterr().err.splitlines()
+    assert kept == (logged[3:] if level == "2" else logged)
 
 
 def test_bad_arguments_exit_with_usage(tree):
