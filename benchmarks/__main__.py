@@ -1,6 +1,6 @@
 """keras_npy benchmarks: the limits, the recipes people use, and keras_npy, in one run.
 
-    python -m benchmarks                 # full: ~35 minutes here, ~14 GB of temporary files
+    python -m benchmarks                 # full: ~20 minutes, ~14 GB of temporary files
     python -m benchmarks --quick         # a few minutes
     python -m benchmarks.plot results.json results.png
 
@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="an eighth of the data, one pass each, scale to 10^4 (~1 minute)")
+                        help="an eighth of the data, one pass each, scale to 10^4 (a few "
+                             "minutes, ~2 GB of temporary files)")
     parser.add_argument("--size", type=float, default=1.0,
                         help="multiplies the data sizes (default 1: 20,000 files, 262,144 rows)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (default 3)")
