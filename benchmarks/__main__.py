@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -27,13 +28,13 @@ import sys
 import tempfile
 import time
 
-from benchmarks import cold, common, files, fit, index, limits, memory, rows, scale
+from benchmarks import cold, common, files, fit, index, limits, memory, rows, scale, sequences
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     chosen = [g for g in GROUPS if g in set(args.only.split(","))] if args.only else GROUPS
-    if not args.one_process and len(chosen) > 1:
+    if not args.one_process and (len(chosen) > 1 or len(_backends(chosen[0])) > 1):
         return _each_group_alone(args, chosen)
     quick = args.quick
     size = args.size * (0.125 if quick else 1.0)
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
             cold.run(results, root, big_rows, max(16, int(256 * size)), num_files, tf)
         if "fit" in chosen:
             fit.run(results, root, num_rows, tf)
+        if "sequences" in chosen:
+            sequences.run(results, root, max(sequences.BATCH, int(512 * size)))
         if "memory" in chosen:
             memory.run(results, root, args.memory_gib or (0.5 if quick else 5.0),
                        os.path.join(root, "files_1024_False"))
@@ -78,14 +81,25 @@ def _each_group_alone(args, chosen: list[str]) -> dict:
     passed = _argv_of(args)
     with tempfile.TemporaryDirectory() as folder:
         for group in chosen:
-            out = os.path.join(folder, f"{group}.json")
-            subprocess.run([sys.executable, "-m", "benchmarks", "--one-process", "--only", group,
-                            "--json", out, "--no-table", *passed], check=True)
-            with open(out) as f:
-                part = json.load(f)
-            figures += part["figures"]
-            scaling = part["scale"] or scaling
+            for backend in _backends(group):
+                out = os.path.join(folder, f"{group}_{backend}.json")
+                env = dict(os.environ, **({"KERAS_BACKEND": backend} if backend else {}))
+                subprocess.run([sys.executable, "-m", "benchmarks", "--one-process", "--only",
+                                group, "--json", out, "--no-table", *passed], check=True,
+                               env=env)
+                with open(out) as f:
+                    part = json.load(f)
+                figures += part["figures"]
+                scaling = part["scale"] or scaling
     return _report(args, time.perf_counter() - started, figures, scaling)
+
+
+def _backends(group: str) -> list[str | None]:
+    """The Keras backends a group runs on, each in a process of its own: every
+    installed one for `sequences`; the environment's (`None`) for the others."""
+    if group != "sequences":
+        return [None]
+    return [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)]
 
 
 def _argv_of(args) -> list[str]:
@@ -110,7 +124,7 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
     return report
 
 
-GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "memory", "scale")
+GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale")
 
 
 def format_table(figures: list[dict]) -> str:

@@ -24,6 +24,7 @@ def test_the_suite_writes_every_group_and_the_plot(tmp_path):
                      "files of 1 KiB, variable length, padded", "cold rows, sequential, batch 256",
                      "cold rows, global shuffle, batch 256", "cold rows, block shuffle, batch 256",
                      "cold files, shuffled", "cold model.fit", "cold memory", "model.fit",
+                     "sequences (tensorflow)", "sequences (jax)", "sequences (torch)",
                      "memory", "scale"]:
         assert expected in groups, expected
     names = {f["name"] for f in report["figures"]}
