@@ -84,9 +84,12 @@ def _each_group_alone(args, chosen: list[str]) -> dict:
             for backend in _backends(group):
                 out = os.path.join(folder, f"{group}_{backend}.json")
                 env = dict(os.environ, **({"KERAS_BACKEND": backend} if backend else {}))
+                # TensorFlow and PyTorch in one process can crash (SIGSEGV seen with
+                # torch 2.14): a process of another backend leaves TensorFlow out.
+                no_tf = ["--no-tf"] if backend not in (None, "tensorflow") else []
                 subprocess.run([sys.executable, "-m", "benchmarks", "--one-process", "--only",
-                                group, "--json", out, "--no-table", *passed], check=True,
-                               env=env)
+                                group, "--json", out, "--no-table", *passed, *no_tf],
+                               check=True, env=env)
                 with open(out) as f:
                     part = json.load(f)
                 figures += part["figures"]
@@ -179,7 +182,7 @@ def _machine() -> dict:
 
     versions = {"python": platform.python_version(), "numpy": numpy.__version__,
                 "keras": keras.__version__, "backend": keras.backend.backend()}
-    tf = _tensorflow()
+    tf = sys.modules.get("tensorflow")  # when this run imported it
     if tf is not None:
         versions["tensorflow"] = tf.__version__
     return {"platform": platform.platform(), "processor": platform.processor(),
