@@ -259,10 +259,7 @@ class NpyDataset(keras.utils.PyDataset):
         if not -num_batches <= i < num_batches:
             raise IndexError(f"Batch index {i} is out of range for a dataset of {num_batches} "
                              "batches.")
-        i = int(i) % num_batches
-        if self._batch_workers is None:
-            return self._source.batches(self.epoch, i, 1)
-        return self._batch_workers.get(self.epoch, i, len(self))
+        return self._read(self.epoch, int(i) % num_batches)
 
     def to_tf_dataset(self):
         """The same batches as a `tf.data.Dataset`: what `keras_npy.npy_dataset`
@@ -290,6 +287,10 @@ class NpyDataset(keras.utils.PyDataset):
         """Batch `i` of `epoch` for `fit` (a subclass's `self[i]`, of its epoch)."""
         if self._overrides_batches():
             return self[i]
+        return self._read(epoch, i)
+
+    def _read(self, epoch: int, i: int):
+        """Batch `i` (in range) of `epoch`, here or from the read-ahead workers."""
         if self._batch_workers is None:
             return self._source.batches(epoch, i, 1)
         return self._batch_workers.get(epoch, i, len(self))

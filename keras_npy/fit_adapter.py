@@ -143,7 +143,7 @@ else:
                 batch = dataset._batch_for_fit(epoch, i)
                 if i == last:
                     self._passed()
-                yield batch if self._weights is None else self._weights.add_to(batch)
+                yield self._weighted(batch)
 
         def _passed(self):
             self._pass_read = True
