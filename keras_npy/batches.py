@@ -74,6 +74,13 @@ class BatchSource:
         self._single = None if self.multi_input else readers["x"]
         self._blocks = order.shuffle == "block"
 
+    def reseed(self, seed: int) -> None:
+        """Takes another seed (that of a restored state): the order changes,
+        in place, for every pipeline that reads this source."""
+        if seed != self.seed:
+            self.spec = self.spec.with_seed(seed)
+            self.order, self.seed = self.order.with_spec(self.spec), self.spec.seed
+
     def file_paths(self) -> list[str]:
         """The files in unshuffled order: one per sample of this subset and
         shard (layout "files"), or the row files (layout "rows"); for a dict

@@ -16,6 +16,7 @@ from keras_npy.batches import build_batch_source, source_of
 from keras_npy import fit_adapter  # noqa: F401  (hands fit() an NpyDataset's own reader)
 from keras_npy.index import DatasetIndex
 from keras_npy.spec import BatchSpec
+from keras_npy.state import Fingerprints, check_state, make_state
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import BatchWorkers
 
@@ -207,6 +208,9 @@ class NpyDataset(keras.utils.PyDataset):
         self._batch_workers = BatchWorkers(source, workers, use_multiprocessing,
                                            max_queue_size) if parallel else None
         self.epoch = 0
+        #: The batch the next pass over the epoch (`fit`'s) starts at.
+        self._start_batch = 0
+        self._fingerprints = Fingerprints()
 
     @property
     def workers(self) -> int:
@@ -264,13 +268,56 @@ class NpyDataset(keras.utils.PyDataset):
     def to_tf_dataset(self):
         """The same batches as a `tf.data.Dataset`: what `keras_npy.npy_dataset`
         returns for this dataset's arguments (its first iteration is epoch 0)."""
-        from keras_npy.tf_pipeline import source_to_tf_dataset
+        from keras_npy.tf_pipeline import public_dataset
 
-        return source_to_tf_dataset(self._source)
+        return public_dataset(self._source)
 
     def on_epoch_end(self) -> None:
-        """Moves to the next epoch: with `shuffle`, a new order."""
-        self.epoch += 1
+        """Moves to the next epoch (with `shuffle`, a new order), from its start."""
+        self.epoch, self._start_batch = self.epoch + 1, 0
+
+    def get_state(self) -> dict:
+        """The position of this dataset in its order, as a small
+        JSON-serializable dict: the seed, the epoch, the next batch (the batch
+        the next pass, `fit`'s, starts at), and a fingerprint of the data
+        (file names, sizes and headers, labels) and of the arguments that
+        decide the order. `keras_npy.BackupAndRestore` saves it with the
+        weights, so that a preempted `fit` resumes at the next unseen batch.
+
+        Example:
+
+        >>> import tempfile, json, numpy as np
+        >>> path = tempfile.mkdtemp() + "/x.npy"
+        >>> np.save(path, np.zeros((10, 4), "float32"))
+        >>> ds = NpyDataset(path, batch_size=4, shuffle=True, seed=3)
+        >>> ds.on_epoch_end()
+        >>> state = json.loads(json.dumps(ds.get_state()))
+        >>> state["seed"], state["epoch"], state["batch"]
+        (3, 1, 0)
+        """
+        return make_state(self._source, self._fingerprints, self.epoch, self._start_batch)
+
+    def set_state(self, state: dict) -> None:
+        """Moves this dataset to a position `get_state()` returned: its epoch,
+        and the batch the next pass starts at (`fit` trains on the epoch's
+        remaining batches only). A dataset made with `seed=None` takes the
+        state's seed.
+
+        Raises:
+            ValueError: when the data differ from those the state was taken
+                from (a file added, removed, resized or re-shaped, other
+                labels), or the arguments that decide the order differ
+                (batch size, shuffle, split, shards, ...), or the seed given
+                differs: the error says what differs.
+        """
+        seed, epoch, batch = check_state(self._source, self._fingerprints, state,
+                                         self._source.spec.seed_given, type(self).__name__)
+        if seed != self._source.seed:
+            self._source.reseed(seed)
+            self.seed = seed
+            if self._batch_workers is not None:
+                self._batch_workers.close()  # they read the old order
+        self.epoch, self._start_batch = epoch, batch
 
     def _overrides_batches(self) -> bool:
         """Whether a subclass makes its own batches (`__getitem__`, `__len__`)."""

@@ -9,11 +9,13 @@ of another shape fails) and hands TensorFlow one Python call per batch. A
 `DataAdapter` passed as `x` is used as it is, but sees none of `fit`'s
 arguments: `class_weight` would be dropped without a word. So importing
 keras_npy wraps `get_data_adapter`: an `NpyDataset` gets an
-`NpyDatasetAdapter` made with `fit`'s arguments; any other `x` goes to Keras'
-function, untouched but for one thing: for a `tf.data.Dataset` made by
-`npy_dataset` (not transformed since), Keras' warning that `fit`'s `shuffle`
-is ignored is replaced by this module's, given only when the dataset does not
-shuffle itself.
+`NpyDatasetAdapter` made with `fit`'s arguments, and a `tf.data.Dataset` made
+by `npy_dataset` (not transformed since) a `PipelineAdapter`, which reads it
+from the batch a restored state names (`set_state`; its own pipeline yields
+whole epochs, as its cardinality says). Any other `x` goes to Keras' function
+untouched. For both of keras_npy's, `fit`'s `shuffle` is ignored with this
+module's warning, given only when the dataset does not shuffle itself, and
+the adapter is kept for `keras_npy.BackupAndRestore` (`training_data`).
 
 This module is the one place keras_npy uses Keras' private modules
 (`keras.src`). `KERAS_PROBLEM` says what differs when a Keras release no
@@ -27,10 +29,13 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import threading
 import warnings
 
 import keras
 import numpy as np
+
+from keras_npy.state import make_state
 
 #: The parameters of Keras' `get_data_adapter`, the wrapper's too.
 PARAMETERS = ("x", "y", "sample_weight", "batch_size", "steps_per_epoch", "shuffle",
@@ -72,28 +77,44 @@ def shuffle_warning(what: str = "an NpyDataset") -> str:
             "pass shuffle=False to fit() to keep this one.")
 
 
+_LATEST = threading.local()
+
+
+def training_data():
+    """The adapter keras_npy made for the `x` of the latest `fit`, `evaluate`
+    or `predict` set up in this thread, or `None` when that `x` was not an
+    NpyDataset or a `tf.data.Dataset` of keras_npy. `fit` makes its adapter
+    just before its callbacks' `on_train_begin` (a validation set's comes
+    later), so there it is the training data's."""
+    return getattr(_LATEST, "adapter", None)
+
+
 def _wrap(original):
     def get_data_adapter(x, y=None, sample_weight=None, batch_size=None,
                          steps_per_epoch=None, shuffle=False, class_weight=None):
         from keras_npy.dataset import NpyDataset  # which imports this module
 
-        if not isinstance(x, NpyDataset):
-            shuffles = getattr(x, "_keras_npy_shuffles", None)
-            if shuffles is not None:  # a tf.data.Dataset keras_npy made, as it was made
-                if shuffle and not shuffles:
-                    warnings.warn(shuffle_warning("a tf.data.Dataset of keras_npy"),
-                                  stacklevel=2)
-                shuffle = False  # not Keras' warning: this one shuffles itself or was told
+        _LATEST.adapter = None
+        pipeline = getattr(x, "_keras_npy", None)  # a tf.data.Dataset keras_npy made
+        if not isinstance(x, NpyDataset) and pipeline is None:
             return original(x, y, sample_weight, batch_size, steps_per_epoch, shuffle,
                             class_weight)
-        for value, name, what in ((y, "y", "targets"),
+        what = "an NpyDataset" if pipeline is None else "a tf.data.Dataset of keras_npy"
+        for value, name, kind in ((y, "y", "targets"),
                                   (sample_weight, "sample_weight", "sample weights")):
             if value is not None:
-                raise ValueError(f"When `x` is an NpyDataset, `{name}` cannot be passed: the "
-                                 f"dataset yields the {what} (NpyDataset's `y`).")
-        if shuffle and not x._source.order.shuffle:
-            warnings.warn(shuffle_warning(), stacklevel=2)
-        return NpyDatasetAdapter(x, class_weight)
+                raise ValueError(f"When `x` is {what}, `{name}` cannot be passed: the "
+                                 f"dataset yields the {kind} (its `y`).")
+        if pipeline is None:
+            if shuffle and not x._source.order.shuffle:
+                warnings.warn(shuffle_warning(), stacklevel=2)
+            adapter = NpyDatasetAdapter(x, class_weight)
+        else:
+            if shuffle and not pipeline.shuffles:
+                warnings.warn(shuffle_warning(what), stacklevel=2)
+            adapter = PipelineAdapter(pipeline, class_weight)
+        _LATEST.adapter = adapter
+        return adapter
 
     get_data_adapter.__wrapped__ = original
     get_data_adapter.keras_npy = True
@@ -135,11 +156,13 @@ else:
                 class_weight, dataset._source.labels)
             #: Whether a pass has read every batch since the last epoch's end.
             self._pass_read = False
+            self._quiet = _QuietRestart()
 
         def _batches(self):
             dataset = self._dataset
-            epoch, last = dataset.epoch, len(dataset) - 1  # the epoch the pass starts in
-            for i in range(last + 1):
+            # The epoch the pass reads, from the batch a restored state names.
+            epoch, start, last = dataset.epoch, dataset._start_batch, len(dataset) - 1
+            for i in range(start, last + 1):
                 batch = dataset._batch_for_fit(epoch, i)
                 if i == last:
                     self._passed()
@@ -166,16 +189,16 @@ else:
             if dataset._reads_source():
                 from keras_npy.tf_pipeline import source_to_tf_dataset
 
-                pipeline = source_to_tf_dataset(dataset._source, epoch=lambda: dataset.epoch,
-                                                on_last_read=self._passed)
+                pipeline = source_to_tf_dataset(dataset._source, _DatasetPosition(dataset),
+                                                on_last_read=self._passed, resumable=True)
                 if self._weights is not None:
                     pipeline = pipeline.map(self._weights.add_to_tensors,
                                             num_parallel_calls=tf.data.AUTOTUNE)
                 return pipeline
-            pipeline = tf.data.Dataset.from_generator(
-                self._batches, output_signature=self._signature(tf))
-            return pipeline.apply(tf.data.experimental.assert_cardinality(
-                len(dataset))).prefetch(tf.data.AUTOTUNE)
+            # No declared cardinality: a pass restored mid-epoch is shorter
+            # (fit takes the number of batches from `num_batches`).
+            return tf.data.Dataset.from_generator(
+                self._batches, output_signature=self._signature(tf)).prefetch(tf.data.AUTOTUNE)
 
         def _signature(self, tf):
             """The element spec of the batches: that of the dataset's own, or,
@@ -219,8 +242,21 @@ else:
 
         def on_epoch_begin(self):
             self._dataset.on_epoch_begin()
+            self._quiet.start(self._dataset._start_batch)
+
+        def resume_point(self) -> tuple[int, int]:
+            """`(epoch, batch)` the next pass starts at."""
+            return self._dataset.epoch, self._dataset._start_batch
+
+        def state_at(self, epoch: int, batch: int) -> dict:
+            """The dataset's state at batch `batch` of `epoch`."""
+            return make_state(self._dataset._source, self._dataset._fingerprints, epoch, batch)
+
+        def restore(self, state: dict) -> None:
+            self._dataset.set_state(state)
 
         def on_epoch_end(self):
+            self._quiet.stop()
             # Keras also ends an epoch before the first (each trainer's
             # `epoch_iterator.reset()`, after maybe reading a batch to build
             # the model): the dataset's epoch moves on only after a whole
@@ -228,6 +264,109 @@ else:
             if self._pass_read:
                 self._pass_read = False
                 self._dataset.on_epoch_end()
+
+
+class _QuietRestart:
+    """Keras' warning that the input "ran out of data; interrupting training",
+    held back in an epoch restored mid-way (`set_state`): its data end before
+    fit's count of steps on purpose, and training goes on. Keras gives it
+    before it ends the epoch with the adapter's `on_epoch_end`."""
+
+    def __init__(self):
+        self._filters = None
+
+    def start(self, start_batch: int) -> None:
+        if start_batch and self._filters is None:
+            self._filters = warnings.catch_warnings()
+            self._filters.__enter__()
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+    def stop(self) -> None:
+        if self._filters is not None:
+            self._filters.__exit__(None, None, None)
+            self._filters = None
+
+
+class _DatasetPosition:
+    """The `Cursor` of an NpyDataset's `tf.data` pipeline for `fit`: its
+    epoch and start batch, which the dataset moves itself (`on_epoch_end`)."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+
+    def draw(self) -> tuple[int, int]:
+        return self._dataset.epoch, self._dataset._start_batch
+
+
+if KERAS_PROBLEM is None:
+    class PipelineAdapter(_DataAdapter):
+        """What Keras' trainers read a `tf.data.Dataset` of keras_npy through:
+        the same batches from the batch a restored state names (the
+        dataset's own pipeline declares whole epochs), weighted by
+        `class_weight`, as the pipeline's tensors (TensorFlow), NumPy arrays
+        (JAX) or torch tensors (PyTorch)."""
+
+        def __init__(self, pipeline, class_weight=None):
+            self._pipeline, self._tf_dataset = pipeline, None
+            self._quiet = _QuietRestart()
+            self._weights = None if class_weight is None else ClassWeights(
+                class_weight, pipeline.source.labels)
+
+        def get_tf_dataset(self):
+            if self._tf_dataset is None:  # built once; each iteration draws its epoch
+                import tensorflow as tf
+
+                from keras_npy.tf_pipeline import source_to_tf_dataset
+
+                dataset = source_to_tf_dataset(self._pipeline.source, self._pipeline.cursor,
+                                               resumable=True)
+                if self._weights is not None:
+                    dataset = dataset.map(self._weights.add_to_tensors,
+                                          num_parallel_calls=tf.data.AUTOTUNE)
+                self._tf_dataset = dataset
+            return self._tf_dataset
+
+        def get_numpy_iterator(self):
+            return self.get_tf_dataset().as_numpy_iterator()
+
+        def get_jax_iterator(self):
+            return self.get_numpy_iterator()
+
+        def get_torch_dataloader(self):
+            convert = keras.ops.convert_to_tensor
+            for batch in self.get_numpy_iterator():
+                yield keras.tree.map_structure(convert, batch)
+
+        @property
+        def num_batches(self):
+            return self._pipeline.source.order.num_batches
+
+        @property
+        def batch_size(self):
+            return None
+
+        @property
+        def has_partial_batch(self):
+            return None
+
+        @property
+        def partial_batch_size(self):
+            return None
+
+        def on_epoch_begin(self):
+            self._quiet.start(self._pipeline.cursor.start)
+
+        def on_epoch_end(self):
+            self._quiet.stop()
+
+        def resume_point(self) -> tuple[int, int]:
+            return self._pipeline.cursor.epoch, self._pipeline.cursor.start
+
+        def state_at(self, epoch: int, batch: int) -> dict:
+            return self._pipeline.state_at(epoch, batch)
+
+        def restore(self, state: dict) -> None:
+            self._pipeline.set_state(state)
 
 
 class ClassWeights:

@@ -12,7 +12,7 @@ from keras_npy.batches import build_batch_source
 from keras_npy.dataset import NpyDataset
 from keras_npy.index import build_index
 from keras_npy.spec import BatchSpec
-from keras_npy.tf_pipeline import source_to_tf_dataset
+from keras_npy.tf_pipeline import public_dataset
 
 FORMATS = ("tf", "pydataset")
 #: Arguments of `NpyDataset` that the tf.data format has no use for.
@@ -129,7 +129,7 @@ def _make(format, index, spec, workers, verbose):
     if format == "pydataset":
         dataset = NpyDataset._from_source(source, **workers)
     else:
-        dataset = source_to_tf_dataset(source)
+        dataset = public_dataset(source)
     if verbose and spec.subset is not None:
         print(f"Using {source.order.num_samples} files for {spec.subset}.")
     return dataset

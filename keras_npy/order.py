@@ -145,6 +145,11 @@ class Order:
         stop = len(group) - len(group) % self.batch_size if self.drop_remainder else len(group)
         return [group[k:k + self.batch_size] for k in range(0, stop, self.batch_size)]
 
+    def with_spec(self, spec) -> "Order":
+        """This order for another spec of the same data (another seed)."""
+        num_samples, _, lengths, block_size, window = self._arguments
+        return Order(num_samples, spec, lengths=lengths, block_size=block_size, window=window)
+
     def __getstate__(self):
         return self._arguments  # the ids are recomputed: a pickle holds fewer arrays
 

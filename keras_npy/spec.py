@@ -51,6 +51,9 @@ class BatchSpec:
     shuffle_block_size: int | None = None
     shuffle_window: int | None = None
     read_ahead_bytes: int = READ_AHEAD_BYTES
+    #: Whether `seed` was given (not drawn at random): a restored state may
+    #: bring its own seed only to a spec whose seed was drawn.
+    seed_given: bool = dataclasses.field(default=False, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         _checks.check_batch_size(self.batch_size)
@@ -68,6 +71,7 @@ class BatchSpec:
                               self.truncating, self.pad_value)
         _checks.check_bool("pad_targets", self.pad_targets)
         labels_lib.check_label_mode(self.label_mode, None)
+        object.__setattr__(self, "seed_given", self.seed is not None)
         normal = {
             "seed": int(np.random.SeedSequence().entropy % 2**32) if self.seed is None else (
                 int(self.seed)),
@@ -91,6 +95,13 @@ class BatchSpec:
         """This spec for the other subset of the same split (checked already)."""
         other = copy.copy(self)
         object.__setattr__(other, "subset", subset)
+        return other
+
+    def with_seed(self, seed: int) -> "BatchSpec":
+        """This spec with another seed (that of a restored state), still
+        counted as drawn when this one's was."""
+        other = dataclasses.replace(self, seed=seed)
+        object.__setattr__(other, "seed_given", self.seed_given)
         return other
 
     @property

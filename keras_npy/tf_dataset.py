@@ -6,7 +6,7 @@ when it is called.
 from __future__ import annotations
 
 from keras_npy.batches import source_of_keywords
-from keras_npy.tf_pipeline import source_to_tf_dataset
+from keras_npy.tf_pipeline import public_dataset
 
 
 def npy_dataset(x, y=None, **kwargs):
@@ -37,4 +37,4 @@ def npy_dataset(x, y=None, **kwargs):
     >>> [tuple(x.shape) for x, _ in ds]
     [(4, 4), (4, 4), (2, 4)]
     """
-    return source_to_tf_dataset(source_of_keywords("npy_dataset", x, y, kwargs))
+    return public_dataset(source_of_keywords("npy_dataset", x, y, kwargs))

@@ -5,9 +5,10 @@ The pipeline is `range(units)` mapped, in order, through one
 epoch `e`: the same batches, in the same order, as `NpyDataset`. A unit is one
 batch, or several small batches of one shape read as one and split again by
 `unbatch` (handing an element to TensorFlow costs more than reading a small
-batch). The epoch is the number of the iteration: each new iterator over the
-dataset (a new epoch of `fit`) draws the next one in its first element, so
-`shuffle=True` reshuffles every epoch exactly as `NpyDataset` does.
+batch). Each new iterator over the dataset (a new epoch of `fit`) draws its
+epoch, and the batch it starts at, from a `Cursor` in its first element: the
+epochs follow one another, so `shuffle=True` reshuffles every epoch exactly as
+`NpyDataset` does, and a restored state (`set_state`) moves the cursor.
 
 TensorFlow is imported only when a pipeline is made.
 """
@@ -21,33 +22,42 @@ import numpy as np
 from keras_npy.batches import BatchSource
 
 
-def source_to_tf_dataset(source: BatchSource, epoch=None, on_last_read=None):
+def source_to_tf_dataset(source: BatchSource, cursor: "Cursor | None" = None,
+                         on_last_read=None, resumable: bool = False):
     """The `tf.data.Dataset` of a `BatchSource`'s batches, epoch after epoch.
 
     Args:
         source: the batches.
-        epoch: `None`, for iteration `k` to be epoch `k`, or a function called
-            at the start of each iteration that returns its epoch (that of an
-            `NpyDataset` feeding `fit`). Defaults to `None`.
+        cursor: where each iteration starts: a `Cursor` (the next epoch and
+            the batch it starts at), which each new iterator draws from in its
+            first element. Defaults to a new `Cursor` at epoch 0.
         on_last_read: `None`, or a function called when the last batch of an
             iteration has been read. Defaults to `None`.
+        resumable: whether an iteration may start at a batch other than 0 (a
+            restored state) and then yields the epoch's remaining batches
+            only; the dataset's cardinality is then unknown (what reads it
+            knows the number of batches). Otherwise an iteration is a whole
+            epoch, and starting elsewhere is an error. Defaults to `False`.
     """
     import tensorflow as tf
 
+    cursor = Cursor() if cursor is None else cursor
     specs = element_spec(source)
     flat_specs = tf.nest.flatten(specs)
     units = _Units(source, flat_specs)
     flatten = _flattener(specs)
 
-    def read(epoch, unit):  # batch arrays of our own: a tensor may keep them
+    def read(epoch, start, unit):  # batch arrays of our own: a tensor may keep them
         first, count = units.batches(int(unit))
+        if first < start:  # the unit the iteration starts in, from its start batch
+            first, count = int(start), first + count - int(start)
         flat = flatten(source.batches(int(epoch), first, count))
         if on_last_read is not None and first + count == units.num_batches:
             on_last_read()
         return [a.reshape(count, -1, *a.shape[1:]) for a in flat] if units.stacked else flat
 
-    def to_element(epoch, unit):
-        flat = tf.numpy_function(read, [epoch, unit], [s.dtype for s in flat_specs])
+    def to_element(epoch, start, unit):
+        flat = tf.numpy_function(read, [epoch, start, unit], [s.dtype for s in flat_specs])
         for tensor, spec in zip(flat, flat_specs):
             tensor.set_shape([None, *spec.shape] if units.stacked else spec.shape)
         return tf.nest.pack_sequence_as(specs, flat)
@@ -59,37 +69,44 @@ def source_to_tf_dataset(source: BatchSource, epoch=None, on_last_read=None):
     # calls.
     files = any(r.index.layout == "files" for r in source.readers.values())
     parallel = {} if files else dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    next_epoch = _EpochCounter().next if epoch is None else lambda: np.int64(epoch())
 
-    def with_epoch(drawn, unit):
-        # The first element of each iteration draws the iteration's epoch; the
-        # others carry it on. (A scan costs less per iteration than a
-        # generator of epochs and a flat_map: 30 vs 55 ms here.)
-        drawn = tf.cond(drawn < 0, lambda: tf.numpy_function(
-            next_epoch, [], tf.int64, stateful=True), lambda: drawn)
-        drawn.set_shape(())
-        return drawn, (drawn, unit)
+    def draw():
+        epoch, start = cursor.draw()
+        if start and not resumable:
+            raise ValueError(
+                f"This tf.data.Dataset was set (set_state) to batch {start} of epoch {epoch}, "
+                "but its iterations yield whole epochs: fit(), evaluate() and predict() read "
+                "it from that batch; a loop of your own cannot. Restore to the start of an "
+                "epoch, or iterate an NpyDataset.")
+        return np.int64(epoch), np.int64(start), np.int64(units.unit_of(start))
+
+    def with_position(drawn, j):
+        # The first element of each iteration draws the iteration's epoch and
+        # start; the others carry them on. (A scan costs less per iteration
+        # than a generator of epochs and a flat_map: 30 vs 55 ms here.)
+        drawn = tf.cond(drawn[0] < 0, lambda: tf.stack(tf.numpy_function(
+            draw, [], [tf.int64] * 3, stateful=True)), lambda: drawn)
+        drawn.set_shape((3,))
+        return drawn, (drawn[0], drawn[1], j + drawn[2])
 
     # Every element costs a fixed ~250 us to hand to TensorFlow: small batches
     # are read several at a time, stacked, and split again by `unbatch`.
-    dataset = tf.data.Dataset.range(units.count)
-    if source.order.shuffle:
-        dataset = dataset.scan(tf.constant(-1, tf.int64), with_epoch).map(to_element, **parallel)
-    else:  # every epoch is the same: no stage to count them
-        dataset = dataset.map(lambda unit: to_element(tf.constant(0, tf.int64), unit), **parallel)
-    if units.stacked:  # unbatch loses the count of elements, which fit's progress shows
-        dataset = dataset.unbatch().apply(
-            tf.data.experimental.assert_cardinality(source.order.num_batches))
+    dataset = tf.data.Dataset.range(units.count).scan(
+        tf.constant([-1, 0, 0], tf.int64), with_position)
+    if resumable:  # from the start's unit to the last: nothing before it is read
+        dataset = dataset.take_while(lambda epoch, start, unit: unit < units.count)
+    dataset = dataset.map(to_element, **parallel)
+    if units.stacked:
+        dataset = dataset.unbatch()
+    if not resumable:  # unbatch loses the count of elements, which fit's progress shows
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            source.order.num_batches))
     options = tf.data.Options()
     # Several workers each keep the batches of their own shard: distinct
     # samples per replica. (Reading only one's shard: see `num_shards`.)
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
-    dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-    dataset.class_names = source.index.class_names
-    dataset.file_paths = source.file_paths()
-    dataset._keras_npy_shuffles = bool(source.order.shuffle)  # for fit (see fit_adapter)
-    return dataset
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _flattener(specs):
@@ -147,17 +164,29 @@ class _Units:
             return unit * self.stack, self.stack
         return unit - self.num_stacks + self.num_stacks * self.stack, 1
 
+    def unit_of(self, batch: int) -> int:
+        """The unit that holds `batch`."""
+        stacked = self.num_stacks * self.stack
+        return batch // self.stack if batch < stacked else self.num_stacks + batch - stacked
 
-class _EpochCounter:
-    """Called once per iteration of the dataset: returns that iteration's epoch."""
 
-    def __init__(self):
-        self._next, self._lock = 0, threading.Lock()
+class Cursor:
+    """Where the next iteration of a dataset starts: `epoch`, and the batch
+    `start` of it (not 0 only after a restored state). Each new iterator draws
+    it once, in its first element, and leaves the start of the next epoch."""
 
-    def next(self):
+    def __init__(self, epoch: int = 0, start: int = 0):
+        self.epoch, self.start, self._lock = epoch, start, threading.Lock()
+
+    def draw(self) -> tuple[int, int]:
         with self._lock:
-            epoch, self._next = self._next, self._next + 1
-        return np.int64(epoch)
+            drawn = self.epoch, self.start
+            self.epoch, self.start = self.epoch + 1, 0
+        return drawn
+
+    def move(self, epoch: int, start: int) -> None:
+        with self._lock:
+            self.epoch, self.start = epoch, start
 
 
 def element_spec(source: BatchSource):
@@ -173,3 +202,58 @@ def element_spec(source: BatchSource):
         return x
     shape, dtype = y
     return x, tf.TensorSpec((None, *shape), tf.as_dtype(dtype))
+
+
+def public_dataset(source: BatchSource):
+    """The `tf.data.Dataset` that `npy_dataset` returns: whole epochs, one an
+    iteration, with `class_names`, `file_paths`, and `get_state()` /
+    `set_state(state)` (see `PipelineState`)."""
+    cursor = Cursor()
+    dataset = source_to_tf_dataset(source, cursor)
+    dataset.class_names = source.index.class_names
+    dataset.file_paths = source.file_paths()
+    # fit, evaluate and predict read it through keras_npy (see fit_adapter).
+    dataset._keras_npy = PipelineState(source, cursor)
+    dataset.get_state = dataset._keras_npy.get_state
+    dataset.set_state = dataset._keras_npy.set_state
+    return dataset
+
+
+class PipelineState:
+    """The state of a `tf.data.Dataset` of keras_npy: the epoch and batch its
+    next iteration starts at (as `NpyDataset.get_state`)."""
+
+    def __init__(self, source: BatchSource, cursor: Cursor):
+        from keras_npy.state import Fingerprints
+
+        self.source, self.cursor, self._fingerprints = source, cursor, Fingerprints()
+
+    @property
+    def shuffles(self) -> bool:
+        """Whether the dataset draws a new order every epoch."""
+        return bool(self.source.order.shuffle)
+
+    def get_state(self) -> dict:
+        """The position of the dataset's next iteration in its order, as a
+        small JSON-serializable dict (see `keras_npy.NpyDataset.get_state`)."""
+        from keras_npy.state import make_state
+
+        return make_state(self.source, self._fingerprints, self.cursor.epoch,
+                          self.cursor.start)
+
+    def set_state(self, state: dict) -> None:
+        """Moves the dataset's next iteration to a position `get_state()`
+        returned (see `keras_npy.NpyDataset.set_state`). An iteration that
+        `fit`, `evaluate` or `predict` starts there reads the epoch's
+        remaining batches; a loop of your own needs the start of an epoch."""
+        from keras_npy.state import check_state
+
+        seed, epoch, batch = check_state(self.source, self._fingerprints, state,
+                                         self.source.spec.seed_given, "tf.data.Dataset")
+        self.source.reseed(seed)
+        self.cursor.move(epoch, batch)
+
+    def state_at(self, epoch: int, batch: int) -> dict:
+        from keras_npy.state import make_state
+
+        return make_state(self.source, self._fingerprints, epoch, batch)

@@ -1,0 +1,179 @@
+"""The state of a dataset: where its order stands, as a small JSON value.
+
+The order of the batches is a pure function of the data, the batch
+arguments, the seed and the epoch (see `keras_npy.order`), so the whole data
+state of a training run is the seed, the epoch, the next batch, and what
+proves the order is the same one: a fingerprint of the index (file names,
+sizes and header facts, labels) and the arguments that decide the order.
+`get_state()` of a dataset makes this value and `set_state(state)` checks it
+against the dataset before moving there: data or arguments that differ are a
+`ValueError` that says what differs, never a silent other order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+
+import numpy as np
+
+#: What a state says it is; another value (or a newer version) is refused.
+FORMAT = "keras_npy.dataset_state"
+VERSION = 1
+
+
+def _digest(*parts) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part)
+            h.update(f"{part.dtype.str}{part.shape}".encode())
+            h.update(part.view(np.uint8).reshape(-1) if part.size else b"")
+        elif isinstance(part, bytes):
+            h.update(len(part).to_bytes(8, "little") + part)
+        else:
+            text = repr(part).encode()
+            h.update(len(text).to_bytes(8, "little") + text)
+    return h.hexdigest()
+
+
+def _input_facts(ix) -> dict:
+    """What identifies one input's data: its files, their sizes and headers."""
+    paths = ix.paths
+    names = _digest(paths.roots, paths.root_ids, paths._buffer, paths._offsets)
+    if ix.layout == "rows":
+        layout = _digest("rows", ix.dtype.str, ix.row_shape, ix.row_starts, ix.data_offsets,
+                         ix.fortran_order, ix.file_ids[:, 2])  # sizes, not inodes or times
+        return {"layout": "rows", "files": len(paths), "rows": int(ix.row_starts[-1]),
+                "names": names, "headers": layout}
+    layout = _digest("files", ix.dtype.str, ix.shapes, ix.data_offsets, ix.fortran_order,
+                     ix.header_crc32)
+    return {"layout": "files", "files": len(paths), "names": names, "headers": layout}
+
+
+def fingerprint(index) -> dict:
+    """The facts of an index that decide which bytes each sample is: for each
+    input, its file count, a digest of the file names and one of the sizes
+    and header facts (dtype, shapes, offsets, order); and a digest of the
+    labels."""
+    y = index.y
+    if y is None:
+        labels = None
+    elif isinstance(y, np.ndarray):
+        labels = _digest("array", y, index.class_names)
+    else:
+        labels = _digest("files", *_input_facts(y).values())
+    return {"samples": int(index.num_samples),
+            "inputs": {name: _input_facts(ix) for name, ix in index.inputs.items()},
+            "labels": labels}
+
+
+def order_facts(source) -> dict:
+    """The arguments that decide the order of the batches (the seed apart),
+    with what they give: samples selected and batches per epoch."""
+    spec, order = source.spec, source.order
+    return {"batch_size": spec.batch_size, "shuffle": spec.shuffle,
+            "validation_split": spec.validation_split, "subset": spec.subset,
+            "num_shards": spec.num_shards, "shard_index": spec.shard_index,
+            "drop_remainder": spec.drop_remainder,
+            "bucket_boundaries": None if spec.bucket_boundaries is None else list(
+                spec.bucket_boundaries),
+            "shuffle_block_size": order.block_size if order.shuffle == "block" else None,
+            "shuffle_window": order.window if order.shuffle == "block" else None,
+            "num_samples": order.num_samples, "num_batches": order.num_batches}
+
+
+class Fingerprints:
+    """The fingerprint of a source's index, computed once (an index never
+    changes; a pass over 10^6 file names takes tens of milliseconds)."""
+
+    def __init__(self):
+        self._index, self._value = None, None
+
+    def of(self, index) -> dict:
+        if self._index is not index:
+            self._index, self._value = index, fingerprint(index)
+        return self._value
+
+
+def make_state(source, fingerprints: Fingerprints, epoch: int, batch: int) -> dict:
+    """The state of a dataset of `source` whose next batch is `batch` of `epoch`."""
+    return {"format": FORMAT, "version": VERSION, "seed": int(source.seed),
+            "epoch": int(epoch), "batch": int(batch),
+            "order": order_facts(source), "data": fingerprints.of(source.index)}
+
+
+def check_state(source, fingerprints: Fingerprints, state, seed_given: bool,
+                what: str) -> tuple[int, int, int]:
+    """`(seed, epoch, batch)` of `state`, checked against a dataset of
+    `source` (`what` names it in errors): the same data and order arguments,
+    and the same seed unless the dataset's was drawn at random (`seed_given`
+    false), in which case the state's seed is the one to use. A position at
+    the end of an epoch is the start of the next one."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{what}.set_state() takes a value returned by get_state() (a dict "
+                         f"with format {FORMAT!r}). Received: {_short(state)}")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{what}.set_state(): this state has version "
+                         f"{state.get('version')!r}; this keras_npy reads version {VERSION}.")
+    for key in ("seed", "epoch", "batch"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{what}.set_state(): the state's {key!r} must be an integer "
+                             f">= 0; it is {value!r}.")
+    differences = _differences("", state.get("data"), fingerprints.of(source.index))
+    if differences:
+        raise ValueError(
+            f"{what}.set_state(): the data differ from those of the saved state, so the "
+            f"saved position would be another order of other samples. What differs: "
+            f"{'; '.join(differences)}. Restore onto the data the state was taken from.")
+    differences = _differences("", state.get("order"), order_facts(source))
+    if differences:
+        raise ValueError(
+            f"{what}.set_state(): the dataset was made with other arguments than the one the "
+            f"state was taken from, and they change the order. What differs: "
+            f"{'; '.join(differences)}. Make the dataset with the arguments of the saved run.")
+    seed, epoch, batch = int(state["seed"]), int(state["epoch"]), int(state["batch"])
+    if seed_given and seed != source.seed:
+        raise ValueError(f"{what}.set_state(): the state was taken with seed={seed}, this "
+                         f"dataset was made with seed={source.seed}: another order. Make it "
+                         f"with seed={seed} (or seed=None, to take the state's).")
+    num_batches = source.order.num_batches
+    if batch > num_batches:
+        raise ValueError(f"{what}.set_state(): the state's next batch is {batch}, past the "
+                         f"{num_batches} batches of an epoch.")
+    if batch == num_batches:  # every batch of the epoch read: the next one begins
+        epoch, batch = epoch + 1, 0
+    return seed, epoch, batch
+
+
+_WHAT = {"samples": "the number of samples", "files": "the number of files",
+         "rows": "the number of rows", "names": "the file names",
+         "headers": "the files' sizes, shapes or headers", "labels": "the labels",
+         "layout": "the layout", "inputs": "the inputs"}
+
+
+def _differences(path: str, saved, now) -> list[str]:
+    """What differs between a saved and a current fact tree, in words."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        found = []
+        for key in [*now, *(k for k in saved if k not in now)]:
+            if key not in saved or key not in now:
+                where = f"{path}.{key}" if path else key
+                found.append(f"{where}: {'not in the state' if key not in saved else 'gone'}")
+                continue
+            found += _differences(f"{path}.{key}" if path else key, saved[key], now[key])
+        return found
+    if saved == now or (isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple))
+                        and list(saved) == list(now)):
+        return []
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf in ("names", "headers", "labels"):
+        return [f"{_WHAT[leaf]} ({path})"]
+    return [f"{_WHAT.get(leaf, leaf)}: {saved!r} in the state, {now!r} now"
+            + (f" ({path})" if "." in path else "")]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
