@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 # Where each public name lives.
 _NAMES = {
+    "BackupAndRestore": "keras_npy.callbacks",
     "NpyDataset": "keras_npy.dataset",
     "NpyHeader": "keras_npy.header",
     "read_header": "keras_npy.header",
