@@ -9,11 +9,11 @@ of another shape fails) and hands TensorFlow one Python call per batch. A
 `DataAdapter` passed as `x` is used as it is, but sees none of `fit`'s
 arguments: `class_weight` would be dropped without a word. So importing
 keras_npy wraps `get_data_adapter`: an `NpyDataset` gets an
-`NpyDatasetAdapter` made with `fit`'s arguments, and a `tf.data.Dataset` made
-by `npy_dataset` (not transformed since) a `PipelineAdapter`, which reads it
-from the batch a restored state names (`set_state`; its own pipeline yields
-whole epochs, as its cardinality says). Any other `x` goes to Keras' function
-untouched. For both of keras_npy's, `fit`'s `shuffle` is ignored with this
+`NpyDatasetAdapter` made with `fit`'s arguments, and so does a
+`tf.data.Dataset` made by `npy_dataset` (not transformed since): the adapter
+reads its batch source as it reads an NpyDataset's, from the batch a restored
+state names (`set_state`; the dataset's own pipeline yields whole epochs, as
+its cardinality says). Any other `x` goes to Keras' function untouched. For both of keras_npy's, `fit`'s `shuffle` is ignored with this
 module's warning, given only when the dataset does not shuffle itself, and
 the adapter is kept for `keras_npy.BackupAndRestore` (`training_data`).
 
@@ -105,14 +105,10 @@ def _wrap(original):
             if value is not None:
                 raise ValueError(f"When `x` is {what}, `{name}` cannot be passed: the "
                                  f"dataset yields the {kind} (its `y`).")
-        if pipeline is None:
-            if shuffle and not x._source.order.shuffle:
-                warnings.warn(shuffle_warning(), stacklevel=2)
-            adapter = NpyDatasetAdapter(x, class_weight)
-        else:
-            if shuffle and not pipeline.shuffles:
-                warnings.warn(shuffle_warning(what), stacklevel=2)
-            adapter = PipelineAdapter(pipeline, class_weight)
+        dataset = x if pipeline is None else pipeline
+        if shuffle and not dataset._source.order.shuffle:
+            warnings.warn(shuffle_warning(what), stacklevel=2)
+        adapter = NpyDatasetAdapter(dataset, class_weight)
         _LATEST.adapter = adapter
         return adapter
 
@@ -145,10 +141,11 @@ if KERAS_PROBLEM is not None:
             raise RuntimeError(KERAS_PROBLEM)
 else:
     class NpyDatasetAdapter(_DataAdapter):
-        """What Keras' trainers read an `NpyDataset` through: its batches of its
-        current epoch, in order, weighted by `class_weight`, as NumPy arrays
-        (JAX), torch tensors (PyTorch), or its `tf.data` pipeline
-        (TensorFlow)."""
+        """What Keras' trainers read an `NpyDataset` through (or the
+        `tf_pipeline.PipelineState` of a `tf.data.Dataset` of keras_npy): its
+        batches of its current epoch, in order, from the batch a restored
+        state names, weighted by `class_weight`, as NumPy arrays (JAX), torch
+        tensors (PyTorch), or its `tf.data` pipeline (TensorFlow)."""
 
         def __init__(self, dataset, class_weight=None):
             self._dataset = dataset
@@ -296,77 +293,6 @@ class _DatasetPosition:
 
     def draw(self) -> tuple[int, int]:
         return self._dataset.epoch, self._dataset._start_batch
-
-
-if KERAS_PROBLEM is None:
-    class PipelineAdapter(_DataAdapter):
-        """What Keras' trainers read a `tf.data.Dataset` of keras_npy through:
-        the same batches from the batch a restored state names (the
-        dataset's own pipeline declares whole epochs), weighted by
-        `class_weight`, as the pipeline's tensors (TensorFlow), NumPy arrays
-        (JAX) or torch tensors (PyTorch)."""
-
-        def __init__(self, pipeline, class_weight=None):
-            self._pipeline, self._tf_dataset = pipeline, None
-            self._quiet = _QuietRestart()
-            self._weights = None if class_weight is None else ClassWeights(
-                class_weight, pipeline.source.labels)
-
-        def get_tf_dataset(self):
-            if self._tf_dataset is None:  # built once; each iteration draws its epoch
-                import tensorflow as tf
-
-                from keras_npy.tf_pipeline import source_to_tf_dataset
-
-                dataset = source_to_tf_dataset(self._pipeline.source, self._pipeline.cursor,
-                                               resumable=True)
-                if self._weights is not None:
-                    dataset = dataset.map(self._weights.add_to_tensors,
-                                          num_parallel_calls=tf.data.AUTOTUNE)
-                self._tf_dataset = dataset
-            return self._tf_dataset
-
-        def get_numpy_iterator(self):
-            return self.get_tf_dataset().as_numpy_iterator()
-
-        def get_jax_iterator(self):
-            return self.get_numpy_iterator()
-
-        def get_torch_dataloader(self):
-            convert = keras.ops.convert_to_tensor
-            for batch in self.get_numpy_iterator():
-                yield keras.tree.map_structure(convert, batch)
-
-        @property
-        def num_batches(self):
-            return self._pipeline.source.order.num_batches
-
-        @property
-        def batch_size(self):
-            return None
-
-        @property
-        def has_partial_batch(self):
-            return None
-
-        @property
-        def partial_batch_size(self):
-            return None
-
-        def on_epoch_begin(self):
-            self._quiet.start(self._pipeline.cursor.start)
-
-        def on_epoch_end(self):
-            self._quiet.stop()
-
-        def resume_point(self) -> tuple[int, int]:
-            return self._pipeline.cursor.epoch, self._pipeline.cursor.start
-
-        def state_at(self, epoch: int, batch: int) -> dict:
-            return self._pipeline.state_at(epoch, batch)
-
-        def restore(self, state: dict) -> None:
-            self._pipeline.set_state(state)
 
 
 class ClassWeights:

@@ -253,7 +253,37 @@ class PipelineState:
         self.source.reseed(seed)
         self.cursor.move(epoch, batch)
 
-    def state_at(self, epoch: int, batch: int) -> dict:
-        from keras_npy.state import make_state
+    # What `fit_adapter.NpyDatasetAdapter` reads a dataset through, so that
+    # fit reads this one as it reads an NpyDataset: from the cursor's epoch
+    # and batch, which moves on only after a whole pass (Keras' JAX and
+    # PyTorch trainers peek at a batch before the first epoch).
 
-        return make_state(self.source, self._fingerprints, epoch, batch)
+    @property
+    def _source(self) -> BatchSource:
+        return self.source
+
+    @property
+    def epoch(self) -> int:
+        return self.cursor.epoch
+
+    @property
+    def _start_batch(self) -> int:
+        return self.cursor.start
+
+    def __len__(self) -> int:
+        return self.source.order.num_batches
+
+    def on_epoch_begin(self) -> None:
+        pass
+
+    def on_epoch_end(self) -> None:
+        self.cursor.move(self.cursor.epoch + 1, 0)
+
+    def _overrides_batches(self) -> bool:
+        return False
+
+    def _reads_source(self) -> bool:
+        return True
+
+    def _batch_for_fit(self, epoch: int, i: int):
+        return self.source.batches(epoch, i, 1)

@@ -69,7 +69,7 @@ def main(config):
                                batch_size=4)
     model = keras.Sequential([keras.Input((4,)), Record(config["record"]), keras.layers.Dense(
         1, kernel_initializer="zeros", bias_initializer="zeros")])
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.5), "mse", run_eagerly=True)
+    model.compile(keras.optimizers.SGD(0.001, momentum=0.5), "mse", run_eagerly=True)
     backup = keras_npy.BackupAndRestore(config["backup"], save_freq=config["save_freq"])
     callbacks = [backup] + ([Kill(*config["kill"])] if config["kill"] else [])
     history = model.fit(train, epochs=config["epochs"], callbacks=callbacks,
