@@ -50,6 +50,7 @@ assert growth < 150, f"RssAnon grew {growth:.0f} MB"
 assert theirs[:, 1].max() > 0.8 * os.path.getsize("x.npy") / 2**20  # np.load held it all
 """,
     "quickstart.ipynb": """
+assert resumed.epoch == [1, 2], resumed.epoch  # the preempted epoch 2, then epoch 3
 from keras_npy.inspection import inspect_source
 assert not inspect_source("signals", verbose=False).problems
 assert history.history["val_accuracy"][-1] > 0.8, history.history["val_accuracy"]
