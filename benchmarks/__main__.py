@@ -28,7 +28,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks import cold, common, files, fit, index, limits, memory, rows, scale, sequences
+from benchmarks import (cold, common, files, fit, index, limits, memory, resume, rows, scale,
+                        sequences)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "scale" in chosen:
             scaling = scale.run(results, root,
                                 args.scale_max or (10_000 if quick else 1_000_000))
+        if "resume" in chosen:
+            resume.run(results, root, 10_000 if quick else 1_000_000)
         results.finish()  # the last group's rates, while its files are there
     return _report(args, time.perf_counter() - started,
                    [dataclasses.asdict(f) for f in results.figures], scaling)
@@ -127,7 +130,8 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
     return report
 
 
-GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale")
+GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale",
+          "resume")
 
 
 def format_table(figures: list[dict]) -> str:

@@ -63,10 +63,13 @@ class Results:
         given, runs untimed before every call (to evict the data from the page cache)."""
         self._pending.append((group, name, kind, amount, unit, fn, base, setup))
 
-    def value(self, group: str, name: str, kind: str, value: float, unit: str) -> Figure:
-        """Records a figure that is not a rate (memory, a slope)."""
+    def value(self, group: str, name: str, kind: str, value: float, unit: str,
+              low: float | None = None, high: float | None = None) -> Figure:
+        """Records a figure that is not a rate (memory, a slope, a time), with
+        its range when it was measured several times."""
         self.finish()
-        return self._add(Figure(group, name, kind, unit, value, value, value))
+        return self._add(Figure(group, name, kind, unit, value,
+                                value if low is None else low, value if high is None else high))
 
     def finish(self) -> None:
         """Times the rates recorded since the last group, in rounds, and adds them."""

@@ -13,7 +13,7 @@ from benchmarks.common import ROW, Results, written
 def run(results: Results, root: str, rows: int, tf) -> None:
     import keras
 
-    from keras_npy import NpyDataset, npy_dataset
+    from keras_npy import BackupAndRestore, NpyDataset, npy_dataset
 
     path = os.path.join(root, "fit.npy")
     x = np.random.default_rng(1).random((rows, ROW), dtype="float32")
@@ -49,6 +49,9 @@ def run(results: Results, root: str, rows: int, tf) -> None:
                  fit(x[:samples], y=y[:samples], batch_size=batch))
     ds = NpyDataset(path, y=y, batch_size=batch, drop_remainder=True)
     results.rate(group, "NpyDataset", "keras_npy", samples, "samples/s", fit(ds))
+    backup = BackupAndRestore(os.path.join(root, "fit_backup"), save_freq=100)
+    results.rate(group, "NpyDataset, BackupAndRestore(save_freq=100)", "keras_npy", samples,
+                 "samples/s", fit(ds, callbacks=[backup]))
 
     class AnyPyDataset(keras.utils.PyDataset):
         """The same batches as Keras reads any PyDataset (on TensorFlow,
