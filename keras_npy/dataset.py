@@ -16,7 +16,7 @@ from keras_npy.batches import build_batch_source, source_of
 from keras_npy import fit_adapter  # noqa: F401  (hands fit() an NpyDataset's own reader)
 from keras_npy.index import DatasetIndex
 from keras_npy.spec import BatchSpec
-from keras_npy.state import Fingerprints, check_state, make_state
+from keras_npy.state import check_state, make_state
 from keras_npy.statistics import sample_statistics
 from keras_npy.workers import BatchWorkers
 
@@ -210,7 +210,6 @@ class NpyDataset(keras.utils.PyDataset):
         self.epoch = 0
         #: The batch the next pass over the epoch (`fit`'s) starts at.
         self._start_batch = 0
-        self._fingerprints = Fingerprints()
 
     @property
     def workers(self) -> int:
@@ -295,7 +294,7 @@ class NpyDataset(keras.utils.PyDataset):
         >>> state["seed"], state["epoch"], state["batch"]
         (3, 1, 0)
         """
-        return make_state(self._source, self._fingerprints, self.epoch, self._start_batch)
+        return make_state(self._source, self.epoch, self._start_batch)
 
     def set_state(self, state: dict) -> None:
         """Moves this dataset to a position `get_state()` returned: its epoch,
@@ -310,8 +309,8 @@ class NpyDataset(keras.utils.PyDataset):
                 (batch size, shuffle, split, shards, ...), or the seed given
                 differs: the error says what differs.
         """
-        seed, epoch, batch = check_state(self._source, self._fingerprints, state,
-                                         self._source.spec.seed_given, type(self).__name__)
+        seed, epoch, batch = check_state(self._source, state, self._source.spec.seed_given,
+                                         type(self).__name__)
         if seed != self._source.seed:
             self._source.reseed(seed)
             self.seed = seed

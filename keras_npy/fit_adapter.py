@@ -247,7 +247,7 @@ else:
 
         def state_at(self, epoch: int, batch: int) -> dict:
             """The dataset's state at batch `batch` of `epoch`."""
-            return make_state(self._dataset._source, self._dataset._fingerprints, epoch, batch)
+            return make_state(self._dataset._source, epoch, batch)
 
         def restore(self, state: dict) -> None:
             self._dataset.set_state(state)

@@ -32,6 +32,7 @@ import numpy as np
 from keras_npy import labels as labels_lib
 from keras_npy import sources
 from keras_npy.header import NpyHeader, read_header
+from keras_npy.state import fingerprint
 
 LAYOUTS = ("auto", "files", "rows")
 # Headers are read in chunks. The first chunk is read in this thread and
@@ -315,7 +316,9 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
     x_index = _index_inputs(x, options)
     y_index, class_names = _index_targets(y, x_index, class_names, options)
     labels_lib.check_label_mode(label_mode, class_names)
-    return DatasetIndex(x_index, y_index, class_names)
+    index = DatasetIndex(x_index, y_index, class_names)
+    fingerprint(index)  # now, while the headers cost far more, not when a state is restored
+    return index
 
 
 def index_source(source, *, layout: str = "auto", follow_links: bool = False,

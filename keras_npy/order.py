@@ -130,8 +130,12 @@ class Order:
             positions, windows = block_shuffle(len(positions), self.block_size, self.window, rng)
         elif self.shuffle:
             positions = rng.permutation(positions)
-        groups = [positions] if self.buckets is None else [
-            positions[self.buckets[positions] == b] for b in np.unique(self.buckets)]
+        if self.buckets is None:  # runs of the permutation: no list of batches to cut
+            stop = self._stop
+            count = -(-stop // self.batch_size)
+            starts = np.minimum(np.arange(count + 1, dtype=np.int64) * self.batch_size, stop)
+            return self.sample_ids[positions[:stop]], starts, windows
+        groups = [positions[self.buckets[positions] == b] for b in np.unique(self.buckets)]
         batches = [chunk for group in groups for chunk in self._cut(group)]
         if self.shuffle and self.buckets is not None:
             batches = [batches[k] for k in rng.permutation(len(batches))]

@@ -224,9 +224,7 @@ class PipelineState:
     next iteration starts at (as `NpyDataset.get_state`)."""
 
     def __init__(self, source: BatchSource, cursor: Cursor):
-        from keras_npy.state import Fingerprints
-
-        self.source, self.cursor, self._fingerprints = source, cursor, Fingerprints()
+        self.source, self.cursor = source, cursor
 
     @property
     def shuffles(self) -> bool:
@@ -238,8 +236,7 @@ class PipelineState:
         small JSON-serializable dict (see `keras_npy.NpyDataset.get_state`)."""
         from keras_npy.state import make_state
 
-        return make_state(self.source, self._fingerprints, self.cursor.epoch,
-                          self.cursor.start)
+        return make_state(self.source, self.cursor.epoch, self.cursor.start)
 
     def set_state(self, state: dict) -> None:
         """Moves the dataset's next iteration to a position `get_state()`
@@ -248,8 +245,8 @@ class PipelineState:
         remaining batches; a loop of your own needs the start of an epoch."""
         from keras_npy.state import check_state
 
-        seed, epoch, batch = check_state(self.source, self._fingerprints, state,
-                                         self.source.spec.seed_given, "tf.data.Dataset")
+        seed, epoch, batch = check_state(self.source, state, self.source.spec.seed_given,
+                                         "tf.data.Dataset")
         self.source.reseed(seed)
         self.cursor.move(epoch, batch)
 
