@@ -26,7 +26,11 @@ def npy_dataset(x, y=None, **kwargs):
     Returns:
         A `tf.data.Dataset` of `x`, `(x, y)`, or `(dict of x, y)` batches, with
         an `element_spec` known from the headers (`None` on axes whose padded
-        size varies between batches), `.class_names` and `.file_paths`.
+        size varies between batches), `.class_names` and `.file_paths`. Each
+        iteration is the next epoch. `.get_state()` and `.set_state(state)`
+        save and restore its position, as `NpyDataset`'s do: `fit`,
+        `evaluate` and `predict` read it from a restored batch (see
+        `keras_npy.BackupAndRestore`).
 
     Example:
 

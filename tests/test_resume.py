@@ -289,3 +289,60 @@ def test_backup_refuses_data_it_cannot_resume(tmp_path):
     for bad in (0, True, "batch"):
         with pytest.raises(ValueError, match="`save_freq` must be"):
             keras_npy.BackupAndRestore(str(tmp_path / "b"), save_freq=bad)
+
+
+def _interrupted_fit(path, backup, stop_at=None, more=()):
+    """`fit` of an NpyDataset of `path` for 3 epochs with `backup` (and the
+    callbacks `more`); raises KeyboardInterrupt after batch `stop_at = (epoch,
+    batch)`."""
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.epoch, batch) == stop_at:
+                raise KeyboardInterrupt
+
+    ds = NpyDataset(path, y=np.zeros(103, "float32"), batch_size=10, shuffle=True, seed=2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    return model.fit(ds, epochs=3, verbose=0, callbacks=[backup, Stop(), *more],
+                     initial_epoch=backup.initial_epoch)
+
+
+def test_backups_at_the_end_of_each_epoch(rows_file, tmp_path):
+    path, _ = rows_file
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted_fit(path, keras_npy.BackupAndRestore(backup_dir), stop_at=(1, 5))
+    record = json.loads(open(os.path.join(backup_dir, "checkpoint.json")).read())
+    assert (record["epoch"], record["data"]["epoch"], record["data"]["batch"]) == (1, 1, 0)
+    history = _interrupted_fit(path, keras_npy.BackupAndRestore(backup_dir))
+    assert history.epoch == [1, 2]
+
+
+def test_double_checkpoint_restores_the_previous_backup_when_the_latest_is_unreadable(
+        rows_file, tmp_path):
+    path, _ = rows_file
+    backup_dir = str(tmp_path / "backup")
+    backup = keras_npy.BackupAndRestore(backup_dir, save_freq=4, double_checkpoint=True)
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted_fit(path, backup, stop_at=(0, 9))
+    latest = json.loads(open(os.path.join(backup_dir, "checkpoint.json")).read())
+    previous = json.loads(open(os.path.join(backup_dir, "previous.json")).read())
+    assert (latest["data"]["batch"], previous["data"]["batch"]) == (8, 4)
+    assert sorted(f for f in os.listdir(backup_dir) if f.endswith(".h5")) == sorted(
+        [latest["weights"], previous["weights"]])
+    with open(os.path.join(backup_dir, latest["weights"]), "wb") as f:
+        f.write(b"not an HDF5 file")
+    trained = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            trained.append(batch)
+
+    backup = keras_npy.BackupAndRestore(backup_dir, save_freq=4, double_checkpoint=True)
+    history = _interrupted_fit(path, backup, more=[Count()])
+    assert history.epoch == [0, 1, 2]
+    assert len(trained) == 3 * 11 - 4  # from batch 4 of epoch 0: the previous backup's
