@@ -172,8 +172,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         with open(temporary, "w") as f:
             json.dump(record, f)
         os.replace(temporary, path)  # the backup is committed here
-        keep = {weights, *([self._read(PREVIOUS)["weights"]] if self.double_checkpoint
-                           and self._read(PREVIOUS) else [])}
+        previous = self._read(PREVIOUS) if self.double_checkpoint else None
+        keep = {weights, *([previous["weights"]] if previous else [])}
         for name in os.listdir(self.backup_dir):
             if name.endswith(".weights.h5") and name not in keep:
                 os.remove(os.path.join(self.backup_dir, name))

@@ -309,8 +309,7 @@ class NpyDataset(keras.utils.PyDataset):
                 (batch size, shuffle, split, shards, ...), or the seed given
                 differs: the error says what differs.
         """
-        seed, epoch, batch = check_state(self._source, state, self._source.spec.seed_given,
-                                         type(self).__name__)
+        seed, epoch, batch = check_state(self._source, state, type(self).__name__)
         if seed != self._source.seed:
             self._source.reseed(seed)
             self.seed = seed

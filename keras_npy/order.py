@@ -137,7 +137,7 @@ class Order:
             return self.sample_ids[positions[:stop]], starts, windows
         groups = [positions[self.buckets[positions] == b] for b in np.unique(self.buckets)]
         batches = [chunk for group in groups for chunk in self._cut(group)]
-        if self.shuffle and self.buckets is not None:
+        if self.shuffle:
             batches = [batches[k] for k in rng.permutation(len(batches))]
             windows = None  # batches of a bucket come from anywhere
         sizes = [len(b) for b in batches]

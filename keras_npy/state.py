@@ -97,12 +97,13 @@ def make_state(source, epoch: int, batch: int) -> dict:
             "order": order_facts(source), "data": fingerprint(source.index)}
 
 
-def check_state(source, state, seed_given: bool, what: str) -> tuple[int, int, int]:
+def check_state(source, state, what: str) -> tuple[int, int, int]:
     """`(seed, epoch, batch)` of `state`, checked against a dataset of
     `source` (`what` names it in errors): the same data and order arguments,
-    and the same seed unless the dataset's was drawn at random (`seed_given`
-    false), in which case the state's seed is the one to use. A position at
-    the end of an epoch is the start of the next one."""
+    and the same seed unless the dataset's was drawn at random
+    (`source.spec.seed_given` false), in which case the state's seed is the
+    one to use. A position at the end of an epoch is the start of the next
+    one."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{what}.set_state() takes a value returned by get_state() (a dict "
                          f"with format {FORMAT!r}). Received: {_short(state)}")
@@ -127,7 +128,7 @@ def check_state(source, state, seed_given: bool, what: str) -> tuple[int, int, i
             f"state was taken from, and they change the order. What differs: "
             f"{'; '.join(differences)}. Make the dataset with the arguments of the saved run.")
     seed, epoch, batch = int(state["seed"]), int(state["epoch"]), int(state["batch"])
-    if seed_given and seed != source.seed:
+    if source.spec.seed_given and seed != source.seed:
         raise ValueError(f"{what}.set_state(): the state was taken with seed={seed}, this "
                          f"dataset was made with seed={source.seed}: another order. Make it "
                          f"with seed={seed} (or seed=None, to take the state's).")

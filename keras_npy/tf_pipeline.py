@@ -52,9 +52,18 @@ def source_to_tf_dataset(source: BatchSource, cursor: "Cursor | None" = None,
     # its cursor moves on when the last unit is read.
     counted = not source.order.shuffle and not resumable
 
+    def refuse_mid_epoch():
+        # The cursor is left as set_state put it: the error moves nothing on.
+        if not resumable and cursor.start:
+            raise ValueError(
+                f"This tf.data.Dataset was set (set_state) to batch {cursor.start} of epoch "
+                f"{cursor.epoch}, but its iterations yield whole epochs: fit(), evaluate() and "
+                "predict() read it from that batch; a loop of your own cannot. Restore to the "
+                "start of an epoch, or iterate an NpyDataset.")
+
     def read(epoch, start, unit):  # batch arrays of our own: a tensor may keep them
-        if counted and cursor.start:  # set mid-epoch: draw's error, whichever unit is first
-            draw()
+        if counted:  # whichever unit is read first
+            refuse_mid_epoch()
         first, count = units.batches(int(unit))
         if first < start:  # the unit the iteration starts in, from its start batch
             first, count = int(start), first + count - int(start)
@@ -81,13 +90,8 @@ def source_to_tf_dataset(source: BatchSource, cursor: "Cursor | None" = None,
     parallel = {} if files else dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def draw():
+        refuse_mid_epoch()
         epoch, start = cursor.draw()
-        if start and not resumable:
-            raise ValueError(
-                f"This tf.data.Dataset was set (set_state) to batch {start} of epoch {epoch}, "
-                "but its iterations yield whole epochs: fit(), evaluate() and predict() read "
-                "it from that batch; a loop of your own cannot. Restore to the start of an "
-                "epoch, or iterate an NpyDataset.")
         return np.int64(epoch), np.int64(start), np.int64(units.unit_of(start))
 
     def with_position(drawn, j):
@@ -238,19 +242,14 @@ class PipelineState:
     next iteration starts at (as `NpyDataset.get_state`)."""
 
     def __init__(self, source: BatchSource, cursor: Cursor):
-        self.source, self.cursor = source, cursor
-
-    @property
-    def shuffles(self) -> bool:
-        """Whether the dataset draws a new order every epoch."""
-        return bool(self.source.order.shuffle)
+        self._source, self.cursor = source, cursor
 
     def get_state(self) -> dict:
         """The position of the dataset's next iteration in its order, as a
         small JSON-serializable dict (see `keras_npy.NpyDataset.get_state`)."""
         from keras_npy.state import make_state
 
-        return make_state(self.source, self.cursor.epoch, self.cursor.start)
+        return make_state(self._source, self.cursor.epoch, self.cursor.start)
 
     def set_state(self, state: dict) -> None:
         """Moves the dataset's next iteration to a position `get_state()`
@@ -259,19 +258,14 @@ class PipelineState:
         remaining batches; a loop of your own needs the start of an epoch."""
         from keras_npy.state import check_state
 
-        seed, epoch, batch = check_state(self.source, state, self.source.spec.seed_given,
-                                         "tf.data.Dataset")
-        self.source.reseed(seed)
+        seed, epoch, batch = check_state(self._source, state, "tf.data.Dataset")
+        self._source.reseed(seed)
         self.cursor.move(epoch, batch)
 
     # What `fit_adapter.NpyDatasetAdapter` reads a dataset through, so that
     # fit reads this one as it reads an NpyDataset: from the cursor's epoch
     # and batch, which moves on only after a whole pass (Keras' JAX and
     # PyTorch trainers peek at a batch before the first epoch).
-
-    @property
-    def _source(self) -> BatchSource:
-        return self.source
 
     @property
     def epoch(self) -> int:
@@ -282,7 +276,7 @@ class PipelineState:
         return self.cursor.start
 
     def __len__(self) -> int:
-        return self.source.order.num_batches
+        return self._source.order.num_batches
 
     def on_epoch_begin(self) -> None:
         pass
@@ -297,4 +291,4 @@ class PipelineState:
         return True
 
     def _batch_for_fit(self, epoch: int, i: int):
-        return self.source.batches(epoch, i, 1)
+        return self._source.batches(epoch, i, 1)

@@ -248,6 +248,7 @@ def test_a_tf_dataset_restored_mid_epoch_refuses_a_loop_of_your_own(rows_file):
     ds.set_state(dict(ds.get_state(), batch=3))
     with pytest.raises(Exception, match="fit\\(\\), evaluate\\(\\) and predict\\(\\) read it"):
         list(ds)
+    assert ds.get_state()["batch"] == 3  # the error moved nothing on
     ds.set_state(dict(ds.get_state(), epoch=4, batch=0))
     assert len(list(ds)) == 11 and ds.get_state()["epoch"] == 5
 
