@@ -58,7 +58,8 @@ def check_validation_split(validation_split, subset, shuffle, seed, allow_both: 
                          "training and validation subset.")
 
 
-def check_shards(num_shards, shard_index) -> None:
+def check_shards(num_shards, shard_index, batch_size=1, shuffle=False, seed=None,
+                 run=None) -> None:
     if isinstance(num_shards, bool) or not isinstance(num_shards, numbers.Integral) or (
             num_shards < 1):
         raise ValueError("`num_shards` must be a positive integer. "
@@ -67,6 +68,17 @@ def check_shards(num_shards, shard_index) -> None:
             0 <= shard_index < num_shards):
         raise ValueError(f"`shard_index` must be an integer in [0, {num_shards}), "
                          f"num_shards being {num_shards}. Received: shard_index={shard_index!r}")
+    found = "" if run is None else f" (the shards of the run: {run.found})"
+    if batch_size % num_shards:
+        raise ValueError(
+            f"`batch_size` must be divisible by `num_shards`{found}: batch_size is the global "
+            f"batch, of which each of the {num_shards} shards reads an equal part. "
+            f"Received: batch_size={batch_size}, num_shards={num_shards}")
+    if num_shards > 1 and shuffle and seed is None:
+        raise ValueError(
+            f"With shards{found}, a shuffled dataset needs a `seed`: every process must draw "
+            "the same order, or the shards would overlap and miss samples. Pass the same "
+            "seed to every process. Received: seed=None")
 
 
 def check_bucket_boundaries(boundaries) -> None:

@@ -35,7 +35,9 @@ class NpyDataset(keras.utils.PyDataset):
         layout: `"files"` (one sample per file), `"rows"` (the rows of the
             files, concatenated, are the samples) or `"auto"`: rows for a
             single file path, files otherwise. Defaults to `"auto"`.
-        batch_size: samples per batch. Defaults to `32`.
+        batch_size: samples per batch; with shards, the global batch, of
+            which each shard reads `batch_size // num_shards` samples.
+            Defaults to `32`.
         shuffle: `True` for a new global permutation of the samples every
             epoch, drawn from `(seed, epoch)`; `"block"` for the block shuffle,
             for data far larger than memory (see `shuffle_block_size`); or
@@ -88,9 +90,16 @@ class NpyDataset(keras.utils.PyDataset):
             being read, while batches are asked for in order (`0`: only the
             reads of the batch being read are started together). Defaults to
             `64 * 2**20`.
-        num_shards: the number of shards the samples are dealt to. Defaults
-            to `1`.
-        shard_index: the shard this dataset reads. Defaults to `0`.
+        num_shards: the number of equal parts each global batch is cut
+            into, one per process: global step `s` holds the same samples
+            whatever the number of shards, and every shard has the same
+            number of batches (a last global batch loses the samples that
+            do not divide evenly). Defaults to `None`: the processes of the
+            multi-process run this one is part of (`keras.distribution` on
+            JAX, `torch.distributed`, `TF_CONFIG`), said in one line, or 1;
+            `1` reads every sample.
+        shard_index: the part this dataset reads. Defaults to `None`: this
+            process's place in the run, or `0`.
         follow_links: whether directory walks enter links to folders.
             Defaults to `False`.
         verbose: whether a progress bar is shown on long header scans.
@@ -131,7 +140,7 @@ class NpyDataset(keras.utils.PyDataset):
                  label_mode="int", class_names=None, validation_split=None, subset=None,
                  pad_to=None, pad_to_multiple_of=None, padding="post", truncating="post",
                  pad_value=0, pad_targets=False, bucket_boundaries=None, drop_remainder=False,
-                 dtype=None, num_shards=1, shard_index=0, shuffle_block_size=None,
+                 dtype=None, num_shards=None, shard_index=None, shuffle_block_size=None,
                  shuffle_window=None, read_ahead_bytes=64 * 2**20, follow_links=False, verbose=True,
                  workers=1, use_multiprocessing=False, max_queue_size=10):
         spec = BatchSpec(

@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from keras_npy import _checks, labels as labels_lib
+from keras_npy import _checks, labels as labels_lib, shards
 from keras_npy.read import Padding
 
 #: Bytes read ahead of the batch being read (see `keras_npy.read.prefetch`).
@@ -29,6 +29,8 @@ class BatchSpec:
 
     `seed` is drawn at random when `None` is given, once: every dataset made
     from one spec (a training and a validation subset) has the same order.
+    `num_shards` and `shard_index` left `None` are those of the multi-process
+    run this process is part of (`keras_npy.shards`), or 1 and 0.
     """
 
     batch_size: int = 32
@@ -46,8 +48,8 @@ class BatchSpec:
     bucket_boundaries: tuple[int, ...] | None = None
     drop_remainder: bool = False
     dtype: np.dtype | None = None
-    num_shards: int = 1
-    shard_index: int = 0
+    num_shards: int | None = None
+    shard_index: int | None = None
     shuffle_block_size: int | None = None
     shuffle_window: int | None = None
     read_ahead_bytes: int = READ_AHEAD_BYTES
@@ -62,7 +64,14 @@ class BatchSpec:
         _checks.check_seed(self.seed)
         _checks.check_validation_split(self.validation_split, self.subset, self.shuffle,
                                        self.seed, allow_both=False)
-        _checks.check_shards(self.num_shards, self.shard_index)
+        num_shards, shard_index, run = shards.resolve(self.num_shards, self.shard_index,
+                                                      self.batch_size)
+        _checks.check_shards(num_shards, shard_index, self.batch_size, self.shuffle,
+                             self.seed, run)
+        object.__setattr__(self, "num_shards", int(num_shards))
+        object.__setattr__(self, "shard_index", int(shard_index))
+        if run is not None:
+            print(shards.describe(num_shards, shard_index, self.batch_size, run))
         _checks.check_bucket_boundaries(self.bucket_boundaries)
         _checks.check_block_shuffle(self.shuffle, self.shuffle_block_size, self.shuffle_window)
         _checks.check_dtype(self.dtype)

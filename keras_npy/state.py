@@ -76,24 +76,27 @@ def fingerprint(index) -> dict:
 
 
 def order_facts(source) -> dict:
-    """The arguments that decide the order of the batches (the seed apart),
-    with what they give: samples selected and batches per epoch."""
+    """The arguments that decide the global order of the batches (the seed
+    apart), with what they give: samples selected and global batches per
+    epoch. The shards are not among them: a position is a global step, the
+    same at any number of processes."""
     spec, order = source.spec, source.order
     return {"batch_size": spec.batch_size, "shuffle": spec.shuffle,
             "validation_split": spec.validation_split, "subset": spec.subset,
-            "num_shards": spec.num_shards, "shard_index": spec.shard_index,
             "drop_remainder": spec.drop_remainder,
             "bucket_boundaries": None if spec.bucket_boundaries is None else list(
                 spec.bucket_boundaries),
             "shuffle_block_size": order.block_size if order.shuffle == "block" else None,
             "shuffle_window": order.window if order.shuffle == "block" else None,
-            "num_samples": order.num_samples, "num_batches": order.num_batches}
+            "num_samples": len(order.sample_ids),
+            "num_batches": order.global_step(0, order.num_batches)}
 
 
 def make_state(source, epoch: int, batch: int) -> dict:
-    """The state of a dataset of `source` whose next batch is `batch` of `epoch`."""
+    """The state of a dataset of `source` whose next batch is `batch` of
+    `epoch`; the state holds the global step of that batch."""
     return {"format": FORMAT, "version": VERSION, "seed": int(source.seed),
-            "epoch": int(epoch), "batch": int(batch),
+            "epoch": int(epoch), "batch": source.order.global_step(epoch, batch),
             "order": order_facts(source), "data": fingerprint(source.index)}
 
 
@@ -132,11 +135,15 @@ def check_state(source, state, what: str) -> tuple[int, int, int]:
         raise ValueError(f"{what}.set_state(): the state was taken with seed={seed}, this "
                          f"dataset was made with seed={source.seed}: another order. Make it "
                          f"with seed={seed} (or seed=None, to take the state's).")
-    num_batches = source.order.num_batches
+    order = source.order
+    if seed != source.seed and order.num_shards > 1:  # the state's order, to map its step
+        order = order.with_spec(source.spec.with_seed(seed))
+    num_batches = order.global_step(epoch, order.num_batches)
     if batch > num_batches:
         raise ValueError(f"{what}.set_state(): the state's next batch is {batch}, past the "
                          f"{num_batches} batches of an epoch.")
-    if batch == num_batches:  # every batch of the epoch read: the next one begins
+    batch = order.shard_batch(epoch, batch)  # the first part of that global step or after
+    if batch == order.num_batches:  # every batch of the epoch read: the next one begins
         epoch, batch = epoch + 1, 0
     return seed, epoch, batch
 

@@ -19,10 +19,11 @@ from keras_npy.read import BatchReader, Padding
 
 _CHUNK_BYTES = 32 * 2**20
 # The keywords of `normalization_layer` that decide which samples are counted
-# (the split and shard of a training set) and how the data is found; batching
-# and padding do not change statistics of unpadded samples.
-_INDEX_KEYWORDS = ("layout", "shuffle", "seed", "validation_split", "subset", "num_shards",
-                   "shard_index", "follow_links", "verbose")
+# (the split of a training set) and how the data is found; batching and
+# padding do not change statistics of unpadded samples. Shards do not either:
+# statistics are of the whole split, the same layer on every process.
+_INDEX_KEYWORDS = ("layout", "shuffle", "seed", "validation_split", "subset",
+                   "follow_links", "verbose")
 
 
 def data_statistics(data, axis, kwargs: dict):
@@ -44,7 +45,7 @@ def data_statistics(data, axis, kwargs: dict):
                             f"it takes {', '.join(_INDEX_KEYWORDS)}.")
         # Padding only lets batches of varying shapes stack; statistics never read it.
         source = source_of_keywords("normalization_layer", data, None,
-                                    {**kwargs, "pad_to": "longest"})
+                                    {**kwargs, "pad_to": "longest", "num_shards": 1})
     if source.multi_input:
         raise ValueError("normalization_layer() normalizes one input, but the data has "
                          f"{len(source.index.x)}: {sorted(source.index.x)}. Pass one input's "

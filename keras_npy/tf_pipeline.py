@@ -169,7 +169,7 @@ class _Units:
         full = order.full_batches
         if fixed:
             sample_bytes = sum(s.shape[1:].num_elements() * s.dtype.size for s in flat_specs)
-            batch_bytes = max(1, order.batch_size * sample_bytes)
+            batch_bytes = max(1, order.shard_batch_size * sample_bytes)
             if batch_bytes < STACK_BYTES:
                 self.stack = max(1, min(MAX_STACK, UNIT_BYTES // batch_bytes, full))
         self.stacked = self.stack > 1

@@ -237,9 +237,14 @@ def test_splits_and_shards_partition(rows_file):
     for subset in ["training", "validation"]:
         for shard in range(2):
             ds = NpyDataset(path, subset=subset, num_shards=2, shard_index=shard, **kwargs)
+            assert len(ds) == (9 if subset == "training" else 4)
             seen.append(np.concatenate(_epoch(ds)))
-    assert [len(s) for s in seen] == [37, 36, 15, 15]  # int(0.3 * 103) = 30 held out
-    allrows = np.concatenate(seen)
+    # int(0.3 * 103) = 30 held out; the training set's last global batch, of
+    # 1 sample, cannot be cut in two: dropped.
+    assert [len(s) for s in seen] == [36, 36, 15, 15]
+    whole = NpyDataset(path, subset="training", **kwargs)
+    dropped = _epoch(whole)[-1]
+    allrows = np.concatenate([*seen, dropped])
     assert sorted(map(tuple, allrows.tolist())) == sorted(map(tuple, x.tolist()))
 
 
@@ -484,28 +489,31 @@ def test_block_shuffle_is_exactly_once_with_splits_shards_and_workers(
         numbered_rows, workers, use_multiprocessing):
     kwargs = dict(layout="rows", batch_size=20, shuffle="block", seed=7, shuffle_block_size=16,
                   shuffle_window=4, validation_split=0.25, subset="training")
-    seen = []
-    for shard in range(2):
-        ds = NpyDataset(numbered_rows, num_shards=2, shard_index=shard, workers=workers,
-                        use_multiprocessing=use_multiprocessing, **kwargs)
-        plain = NpyDataset(numbered_rows, num_shards=2, shard_index=shard, **kwargs)
-        epochs = []
-        for _ in range(2):
-            batches = _epoch(ds)
-            for got, expected in zip(batches, _epoch(plain)):
+    whole = NpyDataset(numbered_rows, **kwargs)  # the global order, one process
+    shards = [NpyDataset(numbered_rows, num_shards=2, shard_index=k, workers=workers,
+                         use_multiprocessing=use_multiprocessing, **kwargs) for k in range(2)]
+    plain = [NpyDataset(numbered_rows, num_shards=2, shard_index=k, **kwargs) for k in range(2)]
+    epochs = []
+    for _ in range(2):
+        batches = [_epoch(ds) for ds in shards]
+        for k in range(2):
+            for got, expected in zip(batches[k], _epoch(plain[k])):
                 np.testing.assert_array_equal(got, expected)
-            ids = np.concatenate(batches)[:, 0]
-            assert len(set(ids.tolist())) == len(ids) == ds.num_samples
-            epochs.append(ids)
+        for i, global_batch in enumerate(_epoch(whole)):  # each step: the parts make it
+            cut = len(global_batch) - len(global_batch) % 2
+            np.testing.assert_array_equal(np.concatenate([b[i] for b in batches]),
+                                          global_batch[:cut])
+        ids = [np.concatenate(b)[:, 0] for b in batches]
+        assert len(ids[0]) == len(ids[1]) == shards[0].num_samples == 192  # of 385
+        assert not set(ids[0].tolist()) & set(ids[1].tolist())
+        epochs.append(np.concatenate(ids))
+        for ds in [whole, *shards, *plain]:
             ds.on_epoch_end()
-            plain.on_epoch_end()
-        assert set(epochs[0].tolist()) == set(epochs[1].tolist())
-        assert not np.array_equal(epochs[0], epochs[1])
-        seen.append(set(epochs[0].tolist()))
+    assert not np.array_equal(epochs[0], epochs[1])
     validation = NpyDataset(numbered_rows, **{**kwargs, "subset": "validation"})
     val_ids = set(np.concatenate(_epoch(validation))[:, 0].tolist())
-    assert not seen[0] & seen[1] and not (seen[0] | seen[1]) & val_ids
-    assert seen[0] | seen[1] | val_ids == set(range(513))
+    for seen in epochs:  # 385 training rows: the one left over by the last cut is dropped
+        assert len(set(seen.tolist()) | val_ids) == 512 and not set(seen.tolist()) & val_ids
 
 
 def test_block_shuffle_of_per_sample_files(class_files):

@@ -57,11 +57,45 @@ def test_validation_split_partitions_exactly(shuffle):
 
 
 def test_shards_partition_the_split():
-    kwargs = dict(batch_size=5, shuffle=True, seed=1, validation_split=0.2, subset="training")
+    kwargs = dict(batch_size=6, shuffle=True, seed=1, validation_split=0.2, subset="training")
     shards = [Order(50, num_shards=3, shard_index=k, **kwargs) for k in range(3)]
     ids = [set(np.concatenate(_epoch(s, 0)).tolist()) for s in shards]
-    assert sum(len(i) for i in ids) == 40 and len(set.union(*ids)) == 40
-    assert [s.num_samples for s in shards] == [14, 13, 13]
+    # 40 samples: 6 global batches of 6, and one of 4 cut to 3, one per shard
+    assert [s.num_samples for s in shards] == [13, 13, 13]
+    assert [s.num_batches for s in shards] == [7, 7, 7]
+    assert sum(len(i) for i in ids) == 39 and len(set.union(*ids)) == 39
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(shuffle=False),
+    dict(shuffle=True, seed=3),
+    dict(shuffle=True, seed=3, validation_split=0.3, subset="validation"),
+    dict(shuffle="block", seed=2, block_size=5, window=3),
+    dict(shuffle=True, seed=4, drop_remainder=True),
+    dict(shuffle=True, seed=5, lengths=np.arange(203) % 17, bucket_boundaries=[4, 9]),
+])
+def test_global_steps_hold_the_same_samples_at_any_number_of_shards(kwargs):
+    whole = Order(203, batch_size=8, **kwargs)
+    for num_shards in (2, 4, 8):
+        shards = [Order(203, batch_size=8, num_shards=num_shards, shard_index=k, **kwargs)
+                  for k in range(num_shards)]
+        assert len({s.num_batches for s in shards}) == 1  # no process waits on another
+        for epoch in range(2):
+            steps = [i for i in range(whole.num_batches)
+                     if len(whole.batch(epoch, i)) >= num_shards]
+            assert shards[0].num_batches == len(steps)
+            for i, step in enumerate(steps):
+                expected = np.asarray(whole.batch(epoch, step))
+                expected = expected[:len(expected) - len(expected) % num_shards]
+                parts = [np.asarray(s.batch(epoch, i)) for s in shards]
+                assert len({len(p) for p in parts}) == 1
+                np.testing.assert_array_equal(np.concatenate(parts), expected)
+                assert all(s.global_step(epoch, i) == step for s in shards)
+                assert shards[0].shard_batch(epoch, step) == i
+                for s, part in zip(shards, parts):  # read ahead: its own samples, no others
+                    ahead = s.window_ids(epoch, i)
+                    if ahead is not None:
+                        assert set(part.tolist()) <= set(ahead.tolist())
 
 
 def test_buckets_group_similar_lengths():
@@ -101,6 +135,19 @@ def test_pickles_small_and_gives_the_same_batches():
     (dict(num_shards=2, shard_index=2),
      "`shard_index` must be an integer in [0, 2), num_shards being 2. Received: shard_index=2"),
     (dict(num_shards=0), "`num_shards` must be a positive integer. Received: num_shards=0"),
+    (dict(num_shards=3, shard_index=0),
+     "`batch_size` must be divisible by `num_shards`: batch_size is the global batch, of which "
+     "each of the 3 shards reads an equal part. Received: batch_size=4, num_shards=3"),
+    (dict(num_shards=2, shard_index=0, shuffle=True, seed=None),
+     "With shards, a shuffled dataset needs a `seed`: every process must draw the same order, "
+     "or the shards would overlap and miss samples. Pass the same seed to every process. "
+     "Received: seed=None"),
+    (dict(num_shards=2, shard_index=None),
+     "`num_shards` was given without `shard_index`: pass both (or num_shards=1 to read every "
+     "sample). Received: num_shards=2"),
+    (dict(num_shards=None, shard_index=1),
+     "`shard_index` was given without `num_shards`: pass both, or neither to follow the run. "
+     "Received: shard_index=1"),
     (dict(bucket_boundaries=[5, 5]),
      "`bucket_boundaries` must be a non-empty list of strictly increasing positive integers. "
      "Received: bucket_boundaries=[5, 5]"),
@@ -126,7 +173,7 @@ def test_shuffle_must_be_a_bool_or_block():
     (dict(), True),
     (dict(shuffle=True), False),
     (dict(validation_split=0.5, subset="validation"), True),
-    (dict(num_shards=2, shard_index=1), False),
+    (dict(num_shards=3, shard_index=1), False),
     (dict(lengths=np.arange(20), bucket_boundaries=[5]), False),
 ])
 def test_consecutive_batches_are_flagged(kwargs, consecutive):
@@ -175,7 +222,7 @@ def test_block_shuffle_window_ids_are_the_blocks_a_batch_draws_from():
 @pytest.mark.parametrize("kwargs", [
     dict(validation_split=0.3, subset="training"),
     dict(validation_split=0.3, subset="validation"),
-    dict(num_shards=3, shard_index=1),
+    dict(num_shards=4, shard_index=1),
     dict(validation_split=0.2, subset="training", num_shards=2, shard_index=0),
     dict(drop_remainder=True),
 ])
@@ -188,7 +235,10 @@ def test_block_shuffle_composes_with_splits_shards_and_drop_remainder(kwargs):
     for epoch in range(2):
         got = np.concatenate(_epoch(block, epoch))
         expected = exact.sample_ids if not kwargs.get("drop_remainder") else None
-        if expected is not None:
+        if kwargs.get("num_shards"):  # a part of each global batch: other samples each epoch
+            assert len(set(got.tolist())) == len(got) == block.num_samples
+            assert set(got.tolist()) <= set(exact.sample_ids.tolist())
+        elif expected is not None:
             assert sorted(got.tolist()) == expected.tolist()
         else:
             assert len(set(got.tolist())) == len(got) == 997 // 32 * 32

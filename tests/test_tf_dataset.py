@@ -46,7 +46,7 @@ CASES = {
     "rows in order, labels in a file": lambda d: ((d["rows"],), dict(
         y=d["rows"], batch_size=8)),
     "rows split and sharded": lambda d: ((d["rows"],), dict(
-        batch_size=5, shuffle=True, seed=2, validation_split=0.3, subset="training",
+        batch_size=6, shuffle=True, seed=2, validation_split=0.3, subset="training",
         num_shards=2, shard_index=1, drop_remainder=True)),
     "files padded, inferred": lambda d: ((d["dir"],), dict(
         y="inferred", batch_size=4, shuffle=True, seed=3, pad_to="longest",

@@ -33,7 +33,9 @@ def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
             (one per feature).
         **kwargs: With a path `data`, the `NpyDataset` keywords that select
             the samples: `layout`, `shuffle`, `seed`, `validation_split`,
-            `subset`, `num_shards`, `shard_index`, `follow_links`, `verbose`.
+            `subset`, `follow_links`, `verbose`. Statistics are of the
+            whole split, never of a shard: every process makes the same
+            layer.
 
     Returns:
         A `keras.layers.Normalization(axis=axis, mean=..., variance=...)`,
