@@ -124,7 +124,62 @@ def install() -> bool:
         return False
     if not getattr(_ADAPTERS.get_data_adapter, "keras_npy", False):
         _ADAPTERS.get_data_adapter = _wrap(_ADAPTERS.get_data_adapter)
+    if keras.backend.backend() == "tensorflow":
+        _build_from_specs()
     return True
+
+
+def _build_from_specs() -> None:
+    """Before its first epoch under a `tf.distribute` strategy, Keras' TF
+    trainer builds the model from a batch it takes from the dataset, and
+    `strategy.reduce`s a batch of per-replica values, which fails for a
+    tuple (`x`, `y`) under `MultiWorkerMirroredStrategy` (keras-team/keras
+    #20585). For keras_npy's data it is given the element spec instead: the
+    shapes are all it needs, and no batch is read twice."""
+    try:
+        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+    except ImportError:
+        return
+    original = getattr(TensorFlowTrainer, "_maybe_symbolic_build", None)
+    if original is None or getattr(original, "keras_npy", False):
+        return
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        adapter = getattr(iterator, "data_adapter", None)
+        if data_batch is None and isinstance(adapter, NpyDatasetAdapter):
+            return original(self, data_batch=adapter.symbolic_batch())
+        return original(self, iterator=iterator, data_batch=data_batch)
+
+    _maybe_symbolic_build.keras_npy = True
+    TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    _reduce_scalars_across_workers()
+
+
+def _reduce_scalars_across_workers() -> None:
+    """Under `MultiWorkerMirroredStrategy`, Keras' TF trainer averages each
+    step's logs (scalars) over the workers with `strategy.reduce("MEAN", v,
+    axis=0)`, which fails for a scalar: every `fit` stops at its first step
+    (keras-team/keras#20585). Scalars are averaged with `axis=None` instead;
+    every other value, and every other strategy, goes to Keras' function."""
+    from keras.src.backend.tensorflow import trainer
+
+    original = getattr(trainer, "reduce_per_replica", None)
+    is_multi_worker = getattr(trainer, "_collective_all_reduce_multi_worker", None)
+    if original is None or is_multi_worker is None or getattr(original, "keras_npy", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            def reduce(v):
+                if v.shape.rank == 0:
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original(v, strategy, reduction)
+
+            return keras.tree.map_structure(reduce, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.keras_npy = True
+    trainer.reduce_per_replica = reduce_per_replica
 
 
 if KERAS_PROBLEM is not None:
@@ -191,11 +246,19 @@ else:
                 if self._weights is not None:
                     pipeline = pipeline.map(self._weights.add_to_tensors,
                                             num_parallel_calls=tf.data.AUTOTUNE)
-                return pipeline
-            # No declared cardinality: a pass restored mid-epoch is shorter
-            # (fit takes the number of batches from `num_batches`).
-            return tf.data.Dataset.from_generator(
-                self._batches, output_signature=self._signature(tf)).prefetch(tf.data.AUTOTUNE)
+            else:
+                # No declared cardinality: a pass restored mid-epoch is shorter
+                # (fit takes the number of batches from `num_batches`).
+                pipeline = tf.data.Dataset.from_generator(
+                    self._batches, output_signature=self._signature(tf)).prefetch(
+                        tf.data.AUTOTUNE)
+            return _per_worker(pipeline, dataset._source.order, _caller_strategy())
+
+        def symbolic_batch(self):
+            """The `tf.TensorSpec`s of a batch, for Keras to build a model."""
+            import tensorflow as tf
+
+            return self._signature(tf)
 
         def _signature(self, tf):
             """The element spec of the batches: that of the dataset's own, or,
@@ -261,6 +324,53 @@ else:
             if self._pass_read:
                 self._pass_read = False
                 self._dataset.on_epoch_end()
+
+
+def _caller_strategy():
+    """The `tf.distribute` strategy of the trainer that asks for the dataset:
+    Keras' `TFEpochIterator` holds it (`_distribute_strategy`) when it calls
+    `get_tf_dataset`; outside it, the strategy in scope."""
+    import tensorflow as tf
+
+    frame = inspect.currentframe().f_back
+    for _ in range(4):
+        frame = frame.f_back if frame is not None else None
+        strategy = getattr(frame and frame.f_locals.get("self"), "_distribute_strategy", None)
+        if isinstance(strategy, tf.distribute.Strategy):
+            return strategy
+    return tf.distribute.get_strategy()
+
+
+def _per_worker(pipeline, order, strategy):
+    """A pipeline of one shard's batches, for `strategy`. Over several workers
+    (`MultiWorkerMirroredStrategy`), `tf.distribute` would cut each batch into
+    parts and shard again what is sharded already; each worker's own batches
+    go to its replicas as they are (`distribute_datasets_from_function`)."""
+    import tensorflow as tf
+
+    if order.num_shards == 1 or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return pipeline
+
+    def per_worker(context):
+        if (context.num_input_pipelines, context.input_pipeline_id) != (
+                order.num_shards, order.shard_index):
+            raise ValueError(
+                f"The dataset reads shard {order.shard_index} of {order.num_shards}, but this "
+                f"is worker {context.input_pipeline_id} of {context.num_input_pipelines} of "
+                "the tf.distribute strategy. Make the dataset with num_shards and shard_index "
+                "left to None (they follow TF_CONFIG), or with the strategy's.")
+        replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        if replicas == 1:
+            return pipeline
+        if order.shard_batch_size % replicas:
+            raise ValueError(
+                f"Each worker reads {order.shard_batch_size} samples a batch, which its "
+                f"{replicas} replicas cannot share equally: pass a batch_size divisible by "
+                f"{order.num_shards * replicas}.")
+        return pipeline.rebatch(order.shard_batch_size // replicas)
+
+    return strategy.distribute_datasets_from_function(per_worker)
 
 
 class _QuietRestart:

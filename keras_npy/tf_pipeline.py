@@ -121,7 +121,8 @@ def source_to_tf_dataset(source: BatchSource, cursor: "Cursor | None" = None,
             source.order.num_batches))
     options = tf.data.Options()
     # Several workers each keep the batches of their own shard: distinct
-    # samples per replica. (Reading only one's shard: see `num_shards`.)
+    # samples per replica. (A dataset that reads only its shard, `num_shards`,
+    # goes to each worker as it is: see fit_adapter's `_per_worker`.)
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
