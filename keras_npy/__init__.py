@@ -23,6 +23,8 @@ _NAMES = {
     "FileIndex": "keras_npy.index",
     "RowIndex": "keras_npy.index",
     "build_index": "keras_npy.index",
+    "write_index": "keras_npy.index_file",
+    "load_index": "keras_npy.index_file",
     "normalization_layer": "keras_npy.layers",
     "npy_dataset_from_directory": "keras_npy.from_directory",
     "npy_dataset": "keras_npy.tf_dataset",

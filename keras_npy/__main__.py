@@ -1,7 +1,8 @@
 """The `keras-npy` command line (also `python -m keras_npy`).
 
-Commands: `inspect` a tree of `.npy` files, compute its `stats` for a
-normalization layer, `bench` how fast it reads, and run the `demo`.
+Commands: `inspect` a tree of `.npy` files, write its `index` once for every
+process to load, compute its `stats` for a normalization layer, `bench` how
+fast it reads, and run the `demo`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_layout_option(stats)
     _add_source_options(stats)
     stats.set_defaults(run=_stats)
+
+    index = commands.add_parser("index", help="read every header once and write the index "
+                                "that every dataset of the data (every process) then loads")
+    index.add_argument("path", help="a directory (or, with --output, a glob or .npy file)")
+    index.add_argument("--labels", choices=("none", "inferred"), default="none",
+                       help="inferred: the class of each file is its folder under the "
+                       "directory (as y=\"inferred\"); default none")
+    index.add_argument("--class-names", type=lambda t: t.split(","), default=None,
+                       help="with --labels inferred, the class folders in label order, "
+                       "separated by commas")
+    index.add_argument("--output", "-o", default=None,
+                       help="the index file to write; default PATH/keras_npy.index, which "
+                       "datasets of PATH made with the same arguments load by themselves")
+    _add_layout_option(index)
+    _add_source_options(index)
+    index.set_defaults(run=_index)
 
     bench = commands.add_parser("bench", help="samples/s and MB/s of your data through "
                                 "NpyDataset and npy_dataset, next to the raw read rate")
@@ -121,6 +138,24 @@ def _inspect(args) -> int:
                             verbose=not args.quiet)
     print(format_report(report))
     return 1 if report.problems else 0
+
+
+def _index(args) -> int:
+    import time
+
+    from keras_npy.index_file import load_index, write_index
+
+    started = time.perf_counter()
+    path = write_index(args.path, "inferred" if args.labels == "inferred" else None,
+                       args.output, layout=args.layout, class_names=args.class_names,
+                       follow_links=args.follow_links, verbose=not args.quiet)
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    index = load_index(path)
+    loaded = time.perf_counter() - started
+    print(f"Wrote {path}: {index.num_samples:,} samples, {os.path.getsize(path) / 2**20:,.1f} "
+          f"MiB; built in {built:.1f} s, loads in {loaded * 1000:.0f} ms.")
+    return 0
 
 
 def _stats(args) -> int:

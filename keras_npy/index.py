@@ -31,7 +31,7 @@ import numpy as np
 
 from keras_npy import labels as labels_lib
 from keras_npy import sources
-from keras_npy.header import NpyHeader, read_header
+from keras_npy.header import HeaderCache, NpyHeader, read_header
 from keras_npy.state import fingerprint
 
 LAYOUTS = ("auto", "files", "rows")
@@ -41,7 +41,7 @@ LAYOUTS = ("auto", "files", "rows")
 # system it costs far more, waiting that threads overlap.
 _CHUNK = 1024
 _THREADED_ABOVE_SECONDS_PER_FILE = 60e-6
-_MAX_THREADS = 16
+_MAX_THREADS = 64
 _PROGRESS_AFTER_SECONDS = 2.0
 
 
@@ -68,6 +68,8 @@ class FileIndex:
         self.paths, self.dtype, self.shapes = paths, dtype, shapes
         self.data_offsets, self.fortran_order = data_offsets, fortran_order
         self.header_crc32 = header_crc32
+        #: `(root index, folder, mtime_ns)` of each folder walked, or `None`.
+        self.folders = None
 
     @classmethod
     def from_headers(cls, paths: sources.PathTable,
@@ -90,6 +92,33 @@ class FileIndex:
             crcs.append(header.header_crc32)
         ndim = len(first.shape)
         return cls(paths, first.dtype,
+                   np.frombuffer(shapes, np.int64).reshape(len(paths), ndim).copy(),
+                   np.frombuffer(offsets, np.uint32).copy(),
+                   np.frombuffer(bytes(fortran), np.bool_),
+                   np.frombuffer(crcs, np.uint32).copy())
+
+    @classmethod
+    def from_paths(cls, paths: sources.PathTable, *, verbose: bool = True) -> "FileIndex":
+        """Builds the index from the headers of `paths`, read as `read_header`
+        reads them (a `HeaderCache`: each distinct header parsed once), many
+        files at a time where opening them is slow (see `iter_headers`)."""
+        shapes, offsets, fortran = array.array("q"), array.array("I"), bytearray()
+        crcs = array.array("I")
+        first = None
+        names = paths.select(np.arange(len(paths)))
+        cache = HeaderCache()
+        for chunk in _chunks_read(names, lambda c: [cache.read(p) for p in c], verbose):
+            for path, (dtype, fortran_order, shape, offset, crc) in chunk:
+                if first is None:
+                    first = (path, dtype, shape)
+                if dtype != first[1] or len(shape) != len(first[2]):
+                    _check_like_first(path, dtype, shape, first)
+                shapes.extend(shape)
+                offsets.append(offset)
+                fortran.append(fortran_order)
+                crcs.append(crc)
+        ndim = len(first[2])
+        return cls(paths, first[1],
                    np.frombuffer(shapes, np.int64).reshape(len(paths), ndim).copy(),
                    np.frombuffer(offsets, np.uint32).copy(),
                    np.frombuffer(bytes(fortran), np.bool_),
@@ -158,6 +187,8 @@ class RowIndex:
         self.data_offsets, self.row_starts = data_offsets, row_starts
         self.fortran_order, self.file_ids = fortran_order, file_ids
         self.row_nbytes = math.prod(row_shape) * dtype.itemsize
+        #: `(root index, folder, mtime_ns)` of each folder walked, or `None`.
+        self.folders = None
 
     @classmethod
     def from_headers(cls, paths: sources.PathTable,
@@ -263,7 +294,7 @@ class DatasetIndex:
 
 def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | None = None,
                 label_mode: str | None = "int", follow_links: bool = False,
-                verbose: bool = True) -> DatasetIndex:
+                verbose: bool = True, index_file: bool = True) -> DatasetIndex:
     """Indexes `x` and `y` from their `.npy` headers, reading no sample data.
 
     Args:
@@ -288,6 +319,10 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
             Defaults to `False`.
         verbose: whether a progress bar is shown while headers are read, when
             that takes more than two seconds. Defaults to `True`.
+        index_file: whether the index file of a directory `x`
+            (`x/keras_npy.index`, written by `keras-npy index`) is loaded
+            instead of reading the headers, when it was written with these
+            arguments and the data have not changed since. Defaults to `True`.
 
     Returns:
         A `DatasetIndex`.
@@ -312,22 +347,34 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
     if class_names is not None and not _is_inferred(y):
         raise ValueError('You can only pass `class_names` if `y="inferred"`. '
                          f"Received: y={_short(y)}, and class_names={class_names}")
-    options = dict(layout=layout, follow_links=follow_links, verbose=verbose)
-    x_index = _index_inputs(x, options)
-    y_index, class_names = _index_targets(y, x_index, class_names, options)
-    labels_lib.check_label_mode(label_mode, class_names)
-    index = DatasetIndex(x_index, y_index, class_names)
+    index = None
+    if index_file and (y is None or isinstance(y, (str, os.PathLike))):
+        from keras_npy.index_file import index_of_directory
+
+        index = index_of_directory(x, y, layout, class_names, follow_links)
+    if index is None:
+        options = dict(layout=layout, follow_links=follow_links, verbose=verbose)
+        x_index = _index_inputs(x, options)
+        y_index, class_names = _index_targets(y, x_index, class_names, options)
+        index = DatasetIndex(x_index, y_index, class_names)
+    labels_lib.check_label_mode(label_mode, index.class_names)
     fingerprint(index)  # now, while the headers cost far more, not when a state is restored
     return index
 
 
 def index_source(source, *, layout: str = "auto", follow_links: bool = False,
                  verbose: bool = True, name: str = "x") -> FileIndex | RowIndex:
-    """Indexes one source (see `build_index`) in the given layout."""
-    paths = sources.find_files(source, follow_links=follow_links, name=name)
+    """Indexes one source (see `build_index`) in the given layout. The index
+    keeps the folders the walk listed, with their times (`folders`), for an
+    index file to check."""
+    folders = []
+    paths = sources.find_files(source, follow_links=follow_links, name=name, folders=folders)
     if resolve_layout(layout, source) == "rows":
-        return RowIndex.from_headers(paths, iter_headers(paths, verbose=verbose))
-    return FileIndex.from_headers(paths, iter_headers(paths, verbose=verbose))
+        index = RowIndex.from_headers(paths, iter_headers(paths, verbose=verbose))
+    else:
+        index = FileIndex.from_paths(paths, verbose=verbose)
+    index.folders = folders
+    return index
 
 
 def check_layout(layout) -> str:
@@ -348,29 +395,43 @@ def resolve_layout(layout: str, source) -> str:
 def iter_headers(paths: Sequence[str], *, verbose: bool = True) -> Iterator[NpyHeader]:
     """Yields the header of each path, in order, reading many at once when the
     files are slow to open (a cold disk, a network file system)."""
+    for chunk in _chunks_read(paths, lambda c: [read_header(p) for p in c], verbose):
+        for _, header in chunk:
+            yield header
+
+
+def _chunks_read(paths: Sequence[str], read, verbose: bool) -> Iterator[list]:
+    """`read(chunk of paths)` of each chunk of `paths`, in order, as lists of
+    `(path, result)`. The first chunk is read in this thread and timed; when
+    a file took longer than `_THREADED_ABOVE_SECONDS_PER_FILE` (waiting on a
+    disk, not Python work), the rest are read by `_MAX_THREADS` threads, as
+    many reads in flight."""
     progress = Progress(len(paths), verbose)
-    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
+    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+
+    def pairs(chunk):
+        return list(zip(chunk, read(chunk)))
+
     started = time.perf_counter()
     for chunk in chunks[:1]:
-        yield from _read_chunk(paths, chunk)
+        yield pairs(chunk)
         progress.add(len(chunk))
     per_file = (time.perf_counter() - started) / max(1, min(len(paths), _CHUNK))
     if per_file < _THREADED_ABOVE_SECONDS_PER_FILE or len(chunks) < 2:
         for chunk in chunks[1:]:
-            yield from _read_chunk(paths, chunk)
+            yield pairs(chunk)
             progress.add(len(chunk))
         return
-    pool = ThreadPoolExecutor(min(_MAX_THREADS, len(chunks) - 1))
+    # Small chunks, so that every thread has reads to wait on.
+    step = max(1, _CHUNK // 16)
+    small = [c[i:i + step] for c in chunks[1:] for i in range(0, len(c), step)]
+    pool = ThreadPoolExecutor(min(_MAX_THREADS, len(small)))
     try:
-        for headers in pool.map(lambda c: _read_chunk(paths, c), chunks[1:]):
-            yield from headers
-            progress.add(len(headers))
+        for done in pool.map(pairs, small):
+            yield done
+            progress.add(len(done))
     finally:  # on an error, do not wait for the chunks still queued
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _read_chunk(paths: Sequence[str], chunk: range) -> list[NpyHeader]:
-    return [read_header(paths[i]) for i in chunk]
 
 
 class Progress:
@@ -399,6 +460,16 @@ class Progress:
         sys.stdout.write(f"\r{self.done:,}/{self.total:,} {self.unit}s, {rate:,.0f} "
                          f"{self.unit}s/s" + ("\n" if finished else ""))
         sys.stdout.flush()
+
+
+def _check_like_first(path: str, dtype: np.dtype, shape: tuple, first: tuple) -> None:
+    """A file of `FileIndex.from_paths` must have the dtype and number of
+    dimensions of the first, `(path, dtype, shape)`."""
+    if dtype != first[1]:
+        raise ValueError(f"{path}: expected dtype {first[1]} like {first[0]}, found {dtype}.")
+    if len(shape) != len(first[2]):
+        raise ValueError(f"{path}: expected a sample of {len(first[2])} dimensions like "
+                         f"{first[0]} (shape {first[2]}), found shape {shape}.")
 
 
 def _check_same_dtype(header: NpyHeader, first: NpyHeader) -> None:

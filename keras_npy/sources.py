@@ -109,7 +109,7 @@ class PathTableBuilder:
 
 
 def find_files(source, *, follow_links: bool = False, name: str = "x",
-               problems: list | None = None) -> PathTable:
+               problems: list | None = None, folders: list | None = None) -> PathTable:
     """Lists the files of a source in a fixed, sorted order.
 
     Args:
@@ -126,6 +126,11 @@ def find_files(source, *, follow_links: bool = False, name: str = "x",
             that loops, a folder without permission) to raise the error that
             names it; or a list, to which `(path, reason)` is appended for
             each, the walk going on. Defaults to `None`.
+        folders: `None`, or a list to which `(root index, folder relative to
+            the root, its modification time in ns)` is appended for each
+            folder a walk lists (the time taken before the listing): what an
+            index file checks to know the listing is still the same.
+            Defaults to `None`.
 
     Returns:
         A `PathTable`.
@@ -137,8 +142,11 @@ def find_files(source, *, follow_links: bool = False, name: str = "x",
     """
     builder = PathTableBuilder()
     for entry in _entries(source, name):
-        kind, root, relpaths = _resolve(entry, follow_links, name, problems)
-        root_id = builder.add_root(root, kind)
+        root_id = len(builder.roots)
+        seen = None if folders is None else (
+            lambda relpath, mtime, r=root_id: folders.append((r, relpath, mtime)))
+        kind, root, relpaths = _resolve(entry, follow_links, name, problems, seen)
+        builder.add_root(root, kind)
         count = len(builder)
         for relpath in relpaths:
             builder.append(root_id, relpath)
@@ -168,11 +176,11 @@ def _entries(source, name: str) -> list[str]:
     return [os.fspath(e) for e in entries]
 
 
-def _resolve(entry: str, follow_links: bool, name: str,
-             problems: list | None) -> tuple[str, str, Iterator[str]]:
+def _resolve(entry: str, follow_links: bool, name: str, problems: list | None,
+             seen=None) -> tuple[str, str, Iterator[str]]:
     """Returns `(kind, root, relative paths)` for one entry."""
     if os.path.isdir(entry):
-        return DIRECTORY, entry, _walk(entry, follow_links, problems)
+        return DIRECTORY, entry, _walk(entry, follow_links, problems, seen)
     if os.path.isfile(entry):
         return FILE, os.path.dirname(entry), iter([os.path.basename(entry)])
     if glob.has_magic(entry):
@@ -203,14 +211,16 @@ def is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _walk(root: str, follow_links: bool, problems: list | None) -> Iterator[str]:
+def _walk(root: str, follow_links: bool, problems: list | None,
+          seen_folder=None) -> Iterator[str]:
     """Yields the `.npy` files under `root` as relative paths, in sorted order.
 
     Entries of a folder are sorted by name and visited in that order, files
     yielded and folders entered as they come: the order of the relative paths
     sorted as tuples of components, with one folder's listing held at a time.
     An entry that cannot be read raises the error that names it, or is
-    appended to `problems` and skipped.
+    appended to `problems` and skipped. `seen_folder(relpath, mtime_ns)` is
+    called for each folder listed.
     """
     seen = set()
 
@@ -226,6 +236,8 @@ def _walk(root: str, follow_links: bool, problems: list | None) -> Iterator[str]
             if (stat.st_dev, stat.st_ino) in seen:  # a link cycle
                 return iter(())
             seen.add((stat.st_dev, stat.st_ino))
+            if seen_folder is not None:
+                seen_folder(prefix, stat.st_mtime_ns)
             with os.scandir(folder_path) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:

@@ -32,14 +32,16 @@ def _run(*args):
 
 
 def test_the_installed_command_starts_without_keras(tree, tmp_path):
-    """`keras-npy --help`, `inspect` and `stats` import neither Keras nor a
-    backend (seconds of start-up); the output is what `main` prints."""
+    """`keras-npy --help`, `inspect`, `stats` and `index` import neither
+    Keras nor a backend (seconds of start-up); the output is what `main`
+    prints."""
     script = os.path.join(os.path.dirname(sys.executable), "keras-npy")
     if not os.path.exists(script):
         pytest.skip("keras-npy is not installed as a command next to this Python")
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}  # every import, on stderr
     output = str(tmp_path / "stats.npz")
-    for args in (["--help"], ["inspect", str(tree), "-q"], ["stats", str(tree), "-q", "-o", output]):
+    for args in (["--help"], ["inspect", str(tree), "-q"], ["stats", str(tree), "-q", "-o", output],
+                 ["index", str(tree), "-q", "-o", str(tmp_path / "tree.index")]):
         done = subprocess.run([script, *args], capture_output=True, text=True, env=env,
                               timeout=300)
         assert done.returncode == 0, done.stderr
