@@ -24,11 +24,12 @@ def run(results: Results, root: str, largest: int) -> dict:
         _extend(folder, written, n)
         written = n
         common.written()
-        build_index(folder, y="inferred", verbose=False)  # warm the page cache
+        build_index(folder, y="inferred", verbose=False, index_file=False)  # warm the cache
         started = time.perf_counter()
-        build_index(folder, y="inferred", verbose=False)
+        build_index(folder, y="inferred", verbose=False, index_file=False)
         timings["index"].append(time.perf_counter() - started)
-        ds = NpyDataset(folder, y="inferred", batch_size=256, verbose=False)
+        ds = NpyDataset.from_index(build_index(folder, y="inferred", verbose=False,
+                                               index_file=False), batch_size=256)
         started = time.perf_counter()
         for i in range(len(ds)):
             ds[i]
@@ -37,11 +38,36 @@ def run(results: Results, root: str, largest: int) -> dict:
                       timings["index"][-1], "s")
         results.value(group, f"{n:>9,} samples: one epoch, NpyDataset", "keras_npy",
                       timings["epoch"][-1], "s")
+    _index_file(results, group, folder, sizes[-1])
     for what, seconds in timings.items():
         slope = np.polyfit(np.log10(sizes), np.log10(seconds), 1)[0]
         results.value(group, f"slope of log({what} time) on log(samples)", "keras_npy", slope,
                       "(1=linear)")
     return {"sizes": sizes, **timings}
+
+
+def _index_file(results: Results, group: str, folder: str, n: int) -> None:
+    """What each process pays before its first batch once `keras-npy index`
+    has run: loading the index file (checked against the folders), and
+    making the dataset of the folder, which loads it."""
+    from keras_npy import NpyDataset, load_index, write_index
+
+    started = time.perf_counter()
+    path = write_index(folder, y="inferred", verbose=False)
+    results.value(group, f"{n:>9,} samples: keras-npy index (build and write)", "keras_npy",
+                  time.perf_counter() - started, "s")
+    for name, make in (("load_index", lambda: load_index(path)),
+                       ("NpyDataset(folder) with the index file",
+                        lambda: NpyDataset(folder, y="inferred", batch_size=256))):
+        times = []
+        for _ in range(results.repeats):
+            started = time.perf_counter()
+            make()
+            times.append(time.perf_counter() - started)
+        results.value(group, f"{n:>9,} samples: {name}", "keras_npy", float(np.median(times)),
+                      "s", min(times), max(times))
+    results.value(group, f"{n:>9,} samples: index file", "keras_npy",
+                  os.path.getsize(path) / 2**20, "MiB")
 
 
 def _extend(folder: str, start: int, stop: int) -> None:

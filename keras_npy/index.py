@@ -35,11 +35,13 @@ from keras_npy.header import HeaderCache, NpyHeader, read_header
 from keras_npy.state import fingerprint
 
 LAYOUTS = ("auto", "files", "rows")
-# Headers are read in chunks. The first chunk is read in this thread and
-# timed: from the page cache a header costs ~20 us of mostly Python work,
-# which threads only slow down (the GIL); from a cold disk or a network file
-# system it costs far more, waiting that threads overlap.
+# Headers are read in chunks. The first `_PROBE` files are read in this
+# thread and timed: from the page cache a header costs ~7 us of system calls
+# and Python work (each distinct header parsed once), which threads only slow
+# down (the GIL); from a cold disk or a network file system it costs far
+# more, waiting that 64 threads overlap.
 _CHUNK = 1024
+_PROBE = 128
 _THREADED_ABOVE_SECONDS_PER_FILE = 60e-6
 _MAX_THREADS = 64
 _PROGRESS_AFTER_SECONDS = 2.0
@@ -402,12 +404,14 @@ def iter_headers(paths: Sequence[str], *, verbose: bool = True) -> Iterator[NpyH
 
 def _chunks_read(paths: Sequence[str], read, verbose: bool) -> Iterator[list]:
     """`read(chunk of paths)` of each chunk of `paths`, in order, as lists of
-    `(path, result)`. The first chunk is read in this thread and timed; when
+    `(path, result)`. The first `_PROBE` files are read in this thread and
+    timed; when
     a file took longer than `_THREADED_ABOVE_SECONDS_PER_FILE` (waiting on a
     disk, not Python work), the rest are read by `_MAX_THREADS` threads, as
     many reads in flight."""
     progress = Progress(len(paths), verbose)
-    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    probe = min(_CHUNK, _PROBE)  # few files: a cold disk is found before it costs much
+    chunks = [paths[:probe]] + [paths[i:i + _CHUNK] for i in range(probe, len(paths), _CHUNK)]
 
     def pairs(chunk):
         return list(zip(chunk, read(chunk)))
@@ -416,7 +420,7 @@ def _chunks_read(paths: Sequence[str], read, verbose: bool) -> Iterator[list]:
     for chunk in chunks[:1]:
         yield pairs(chunk)
         progress.add(len(chunk))
-    per_file = (time.perf_counter() - started) / max(1, min(len(paths), _CHUNK))
+    per_file = (time.perf_counter() - started) / max(1, min(len(paths), probe))
     if per_file < _THREADED_ABOVE_SECONDS_PER_FILE or len(chunks) < 2:
         for chunk in chunks[1:]:
             yield pairs(chunk)

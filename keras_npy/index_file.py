@@ -89,7 +89,15 @@ def write_index(x, y=None, path=None, *, layout: str = "auto", class_names=None,
                              f"pass `path` for other sources. Received: x={x!r}")
         path = os.path.join(os.fspath(x), NAME)
     path = os.fspath(path)
-    arguments = _arguments(x, y, layout, class_names, follow_links)
+    return write_index_of(index, path, _arguments(x, y, layout, class_names, follow_links))
+
+
+def write_index_of(index: DatasetIndex, path, arguments: dict | None = None, *,
+                   check: bool = True) -> str:
+    """Writes `index` (with the `arguments` it was built from, which datasets
+    match) to `path` atomically; with `check`, the data must still be as the
+    index says. Returns `path`."""
+    path = os.fspath(path)
     arrays = {"meta": None}
     meta = {"format": FORMAT, "version": VERSION, "written": time.time(),
             "arguments": arguments, "class_names": index.class_names,
@@ -97,7 +105,7 @@ def write_index(x, y=None, path=None, *, layout: str = "auto", class_names=None,
                        for name, ix in index.inputs.items()},
             "multi_input": isinstance(index.x, dict), "y": _put_y(arrays, index.y, path)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    for ix in _indexes(index):
+    for ix in _indexes(index) if check else []:
         problem = _stale(ix)
         if problem:
             raise ValueError(f"{problem} while it was indexed: run write_index again when "
@@ -113,9 +121,14 @@ def write_index(x, y=None, path=None, *, layout: str = "auto", class_names=None,
     return path
 
 
-def load_index(path) -> DatasetIndex:
-    """The `DatasetIndex` in an index file written by `write_index`, checked
-    against the data (see the module's docstring).
+def load_index(path, *, check: bool = True) -> DatasetIndex:
+    """The `DatasetIndex` in an index file written by `write_index`.
+
+    Args:
+        path: the index file.
+        check: whether the data are checked against the index (see the
+            module's docstring): a few `stat` calls, one per folder walked
+            and per file named directly. Defaults to `True`.
 
     Raises:
         ValueError: the file is not an index file, or the data changed since
@@ -135,7 +148,7 @@ def load_index(path) -> DatasetIndex:
                          f"write_index (keras-npy index), found one that cannot be read "
                          f"({error}).") from error
     written = os.stat(path).st_ctime_ns
-    for ix in _indexes(DatasetIndex(inputs, y)):
+    for ix in _indexes(DatasetIndex(inputs, y)) if check else []:
         problem = _stale(ix, os.path.dirname(os.path.abspath(path)), written)
         if problem:
             raise ValueError(f"{path}: the index file is stale: {problem} since it was "
