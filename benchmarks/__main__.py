@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
             limits.run(results, root, max(16, int(256 * size)), num_files)
         if "index" in chosen:
             index.run(results, root, num_files * 5)
-            index.simulated(results, root, 10**6 if quick else 10**7)
+            index.simulated(results, root, max(10**4, int(10**7 * size)))
         if "rows" in chosen:
             rows.run(results, root, big_rows, tf)
         if "files" in chosen:
