@@ -68,6 +68,7 @@ MAX_INDEX = int(np.iinfo(np.intp).max)
 # Bytes read by the first (usually only) read of a file: NumPy pads its
 # headers to 128 bytes, so one read covers the preamble and the header.
 _FIRST_READ = 512
+_PAGE = 4096
 _PREAMBLE = {1: (struct.Struct("<H"), "latin1"), 2: (struct.Struct("<I"), "latin1"),
              3: (struct.Struct("<I"), "utf8")}
 _KEYS = ("descr", "fortran_order", "shape")
@@ -194,10 +195,13 @@ class HeaderCache:
         except OSError:
             return self._parse(path, None)
         try:
-            size = os.fstat(fd).st_size
-            head = os.pread(fd, 256, 0)
+            # One read of a page: a shorter one ends at the end of the file,
+            # and gives its size without an fstat (each system call costs a
+            # hand-over of the GIL, which many threads in flight wait on).
+            head = os.read(fd, _PAGE)
+            size = len(head) if len(head) < _PAGE else os.fstat(fd).st_size
         except OSError:
-            head = b""
+            head, size = b"", -1
         finally:
             os.close(fd)
         version = head[6:7]

@@ -5,6 +5,34 @@ import os
 import numpy as np
 
 
+def free_ports(count):
+    """`count` distinct free TCP ports of 127.0.0.1 (held together while
+    chosen, so none is handed out twice)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def numbered_data(folder, num_samples):
+    """Writes `folder/x.npy`, (num_samples, 4) float32 samples whose first
+    feature is their id (what multi-process tests record), and `y.npy`, a
+    target of the other features; returns `folder` as a string."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(num_samples, 4)).astype("float32")
+    x[:, 0] = np.arange(num_samples)
+    save(os.path.join(folder, "x.npy"), x)
+    y = x @ np.array([0.01, 1.0, -1.0, 0.5], "float32") + rng.normal(size=num_samples)
+    save(os.path.join(folder, "y.npy"), y.astype("float32"))
+    return str(folder)
+
+
 def save(path, array, **kwargs):
     """`np.save(path, array)`, making the folder first; returns `path`."""
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -3,13 +3,12 @@ TensorFlow workers with MultiWorkerMirroredStrategy on loopback ports."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import save
+from helpers import free_ports, numbered_data
 
 from keras_npy import NpyDataset, shards
 
@@ -86,34 +85,17 @@ def test_a_state_resumes_on_another_number_of_shards(rows_file):
 # Several TensorFlow workers --------------------------------------------------------------
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Samples whose first feature is their id, and a target of them."""
-    folder = tmp_path_factory.mktemp("data")
-    x = np.random.default_rng(0).normal(size=(N, 4)).astype("float32")
-    x[:, 0] = np.arange(N)
-    save(str(folder / "x.npy"), x)
-    save(str(folder / "y.npy"), (np.tanh(x[:, 1:]).sum(axis=1) + 0.01 * x[:, 0])
-         .astype("float32"))
-    return str(folder)
+    return numbered_data(tmp_path_factory.mktemp("data"), N)
 
 
 def _run_workers(data, folder, num_workers, front):
     """Runs tests/shards_tf_run.py in `num_workers` processes (one: no
     TF_CONFIG); returns what each wrote."""
     folder.mkdir(parents=True, exist_ok=True)
-    ports = _free_ports(num_workers)
+    ports = free_ports(num_workers)
     workers = [f"localhost:{p}" for p in ports]
     processes = []
     try:

@@ -12,14 +12,13 @@ started at once, so the module takes the time of the slowest.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import save
+from helpers import free_ports, numbered_data
 
 pytest.importorskip("jax")
 
@@ -31,23 +30,9 @@ STEPS = N // BATCH
 TIMEOUT = 300  # seconds, for all the runs together
 
 
-def _free_port() -> int:
-    """A port free on the loopback (the coordinator binds 127.0.0.1 only)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shards_jax_data")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N, 4)).astype("float32")
-    x[:, 0] = np.arange(N)  # the id of each sample, which the runs record
-    save(str(folder / "x.npy"), x)
-    y = x @ np.array([0.01, 1.0, -1.0, 0.5], "float32") + rng.normal(size=N).astype("float32")
-    save(str(folder / "y.npy"), y.astype("float32"))
-    return str(folder)
+    return numbered_data(tmp_path_factory.mktemp("shards_jax_data"), N)
 
 
 def _env(**extra):
@@ -66,7 +51,7 @@ def runs(data, tmp_path_factory):
     forced host devices), `p0` and `p1` (the two processes of a DataParallel).
     Returns, by name, `(return code, output, the run's JSON or None)`."""
     folder = tmp_path_factory.mktemp("shards_jax_runs")
-    port = _free_port()
+    port, = free_ports(1)  # the coordinator binds 127.0.0.1 only
     common = dict(data=data, batch_size=BATCH, seed=SEED, epochs=EPOCHS)
     plans = {
         "reference": (dict(distribution=False), _env()),

@@ -5,14 +5,13 @@ training on the same global batches (tests/shards_torch_run.py)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import save
+from helpers import free_ports, numbered_data
 
 pytest.importorskip("torch")
 
@@ -20,19 +19,6 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "shards_torch_run.py")
 N, BATCH, EPOCHS, SEED = 96, 16, 2, 5
 STEPS = N // BATCH  # 6 global batches an epoch, 8 samples of each per rank
 TIMEOUT = 300  # seconds for all processes together
-
-
-def _free_ports(count):
-    """`count` distinct free ports of 127.0.0.1 (held together while chosen,
-    so none is handed out twice)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _start(data, folder, world_size, rank, port):
@@ -56,14 +42,8 @@ def runs(tmp_path_factory):
     """`{world_size: [(record, output) of each rank]}` for a world of 2 and
     the one-process reference (a world of 1), all started at once."""
     folder = tmp_path_factory.mktemp("shards_torch")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N, 4)).astype("float32")
-    x[:, 0] = np.arange(N)  # the id of each sample
-    y = (x[:, 1] - 0.5 * x[:, 2] + 0.1 * rng.normal(size=N)).astype("float32")
-    save(str(folder / "data" / "x.npy"), x)
-    save(str(folder / "data" / "y.npy"), y)
-    data = str(folder / "data")
-    groups = dict(zip((2, 1), _free_ports(2)))
+    data = numbered_data(folder / "data", N)
+    groups = dict(zip((2, 1), free_ports(2)))
     started = []
     try:
         for world_size, port in groups.items():
