@@ -169,7 +169,8 @@ def _stats(args) -> int:
     if os.path.exists(args.output) and not args.force:
         raise ValueError(f"{args.output} exists; pass --force to overwrite it, or --output "
                          "to write another file.")
-    source = source_of(args.path, None, BatchSpec(pad_to="longest"), layout=args.layout,
+    spec = BatchSpec(pad_to="longest", num_shards=1)  # every sample, whatever the run
+    source = source_of(args.path, None, spec, layout=args.layout,
                        follow_links=args.follow_links, verbose=not args.quiet)
     num_samples = source.order.num_samples
     mean, variance = sample_statistics(source.index.x, source.order.sample_ids, args.axis,

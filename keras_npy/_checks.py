@@ -64,11 +64,12 @@ def check_shards(num_shards, shard_index, batch_size=1, shuffle=False, seed=None
             num_shards < 1):
         raise ValueError("`num_shards` must be a positive integer. "
                          f"Received: num_shards={num_shards!r}")
+    found = "" if run is None else f" (the shards of the run: {run.found})"
     if isinstance(shard_index, bool) or not isinstance(shard_index, numbers.Integral) or not (
             0 <= shard_index < num_shards):
         raise ValueError(f"`shard_index` must be an integer in [0, {num_shards}), "
-                         f"num_shards being {num_shards}. Received: shard_index={shard_index!r}")
-    found = "" if run is None else f" (the shards of the run: {run.found})"
+                         f"num_shards being {num_shards}{found}. Received: "
+                         f"shard_index={shard_index!r}")
     if batch_size % num_shards:
         raise ValueError(
             f"`batch_size` must be divisible by `num_shards`{found}: batch_size is the global "

@@ -41,7 +41,8 @@ def bench_source(source: str, *, batch_size: int = 32, max_batches: int = 200,
         `npy_dataset_start_seconds` is then the median time of a one-batch pass.
     """
     # "longest" pads only the axes whose size varies: none, for fixed shapes.
-    dataset = NpyDataset(source, layout=layout, batch_size=batch_size,
+    # One process measures every sample, whatever run it is part of.
+    dataset = NpyDataset(source, layout=layout, batch_size=batch_size, num_shards=1,
                          follow_links=follow_links, pad_to="longest", verbose=False)
     num_batches = min(len(dataset), max_batches)
     num_samples = min(dataset.num_samples, num_batches * batch_size)

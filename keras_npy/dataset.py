@@ -350,8 +350,9 @@ class NpyDataset(keras.utils.PyDataset):
         return self._batch_workers.get(epoch, i, len(self))
 
     def statistics(self, axis=-1, verbose: bool = True):
-        """Mean and variance of the unpadded samples of this subset and shard,
-        in one streaming float64 pass.
+        """Mean and variance of the unpadded samples of this subset (all of
+        it, whatever the shard: every process gets the same), in one streaming
+        float64 pass.
 
         Args:
             axis: the axis or axes, in terms of a batch (never 0), that keep one

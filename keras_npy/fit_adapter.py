@@ -146,7 +146,8 @@ def _build_from_specs() -> None:
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         adapter = getattr(iterator, "data_adapter", None)
-        if data_batch is None and isinstance(adapter, NpyDatasetAdapter):
+        if (data_batch is None and isinstance(adapter, NpyDatasetAdapter)
+                and getattr(self, "_distribute_strategy", None) is not None):
             return original(self, data_batch=adapter.symbolic_batch())
         return original(self, iterator=iterator, data_batch=data_batch)
 
@@ -171,7 +172,8 @@ def _reduce_scalars_across_workers() -> None:
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and is_multi_worker(strategy):
             def reduce(v):
-                if v.shape.rank == 0:
+                one = strategy.experimental_local_results(v)[0]  # a replica's value
+                if one.shape.rank == 0:
                     return strategy.reduce("MEAN", v, axis=None)
                 return original(v, strategy, reduction)
 
@@ -368,9 +370,24 @@ def _per_worker(pipeline, order, strategy):
                 f"Each worker reads {order.shard_batch_size} samples a batch, which its "
                 f"{replicas} replicas cannot share equally: pass a batch_size divisible by "
                 f"{order.num_shards * replicas}.")
-        return pipeline.rebatch(order.shard_batch_size // replicas)
+        return pipeline.flat_map(_cut_in(replicas))
 
     return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _cut_in(parts: int):
+    """A `flat_map` function that cuts each batch into `parts` consecutive
+    pieces, one per replica of a worker (never across batches: batches of a
+    bucket, or padded to their own length, stay apart)."""
+    import tensorflow as tf
+
+    def cut(*element):
+        element = element[0] if len(element) == 1 else element
+        size = (tf.shape(tf.nest.flatten(element)[0], tf.int64)[0] + parts - 1) // parts
+        return tf.data.Dataset.range(parts).map(lambda k: tf.nest.map_structure(
+            lambda t: t[k * size:(k + 1) * size], element))
+
+    return cut
 
 
 class _QuietRestart:

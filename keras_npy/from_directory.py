@@ -48,7 +48,9 @@ def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
             to `"int"`.
         class_names: with `labels="inferred"`, the sub-folders in label order.
             Defaults to their sorted names.
-        batch_size: samples per batch. Defaults to `32`.
+        batch_size: samples per batch; with shards (see `NpyDataset`), the
+            global batch, of which each process reads an equal part. Defaults
+            to `32`.
         shuffle: a global sample shuffle, redrawn every epoch. Defaults to
             `True`.
         seed: seed of the shuffle and the split. Defaults to `None`.

@@ -324,7 +324,8 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
         index_file: whether the index file of a directory `x`
             (`x/keras_npy.index`, written by `keras-npy index`) is loaded
             instead of reading the headers, when it was written with these
-            arguments and the data have not changed since. Defaults to `True`.
+            arguments and the data have not changed since (with `verbose`, a
+            line says why one is not used). Defaults to `True`.
 
     Returns:
         A `DatasetIndex`.
@@ -353,7 +354,7 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
     if index_file and (y is None or isinstance(y, (str, os.PathLike))):
         from keras_npy.index_file import index_of_directory
 
-        index = index_of_directory(x, y, layout, class_names, follow_links)
+        index = index_of_directory(x, y, layout, class_names, follow_links, verbose)
     if index is None:
         options = dict(layout=layout, follow_links=follow_links, verbose=verbose)
         x_index = _index_inputs(x, options)

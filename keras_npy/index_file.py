@@ -11,8 +11,11 @@ when it was made with the same arguments.
 
 An index file is checked against the data before it is used, cheaply:
 
-- every folder the walk listed must have its modification time of then (a
-  folder's time changes when a file in it is added, removed or renamed);
+- every folder the walk listed (for a glob: the folders of its matches, up
+  to the glob's fixed root) must have its modification time of then (a
+  folder's time changes when a file in it is added, removed or renamed); the
+  folder that holds the index file has the file's own time, which is set to
+  the folder's once the file is in it;
 - every file named directly (not found by a walk), and every file of the
   rows layout, must have its size and modification time of then.
 
@@ -36,7 +39,7 @@ import zipfile
 import numpy as np
 
 from keras_npy import sources
-from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index
+from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index, resolve_layout
 
 #: The name of an index file in the data's folder.
 NAME = "keras_npy.index"
@@ -89,7 +92,9 @@ def write_index(x, y=None, path=None, *, layout: str = "auto", class_names=None,
                              f"pass `path` for other sources. Received: x={x!r}")
         path = os.path.join(os.fspath(x), NAME)
     path = os.fspath(path)
-    return write_index_of(index, path, _arguments(x, y, layout, class_names, follow_links))
+    here = os.path.dirname(os.path.abspath(path))
+    return write_index_of(index, path,
+                          _arguments(x, y, layout, class_names, follow_links, here))
 
 
 def write_index_of(index: DatasetIndex, path, arguments: dict | None = None, *,
@@ -115,6 +120,11 @@ def write_index_of(index: DatasetIndex, path, arguments: dict | None = None, *,
         with open(temporary, "wb") as f:
             np.savez(f, **arrays)
         os.replace(temporary, path)  # readers see the old file or the whole new one
+        # Putting the file there changed its folder's time: the file keeps that
+        # time as its own (copies keep it; chmod or a rename do not change it),
+        # and a later change of the folder differs from it.
+        folder_time = os.stat(os.path.dirname(os.path.abspath(path))).st_mtime_ns
+        os.utime(path, ns=(folder_time, folder_time))
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -143,11 +153,12 @@ def load_index(path, *, check: bool = True) -> DatasetIndex:
             inputs = {name: _get(archive, f"x.{name}", facts, path)
                       for name, facts in meta["inputs"].items()}
             y = _get_y(archive, meta["y"], path)
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as error:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError,
+            zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: expected an index file written by keras_npy."
                          f"write_index (keras-npy index), found one that cannot be read "
                          f"({error}).") from error
-    written = os.stat(path).st_ctime_ns
+    written = os.stat(path).st_mtime_ns
     for ix in _indexes(DatasetIndex(inputs, y)) if check else []:
         problem = _stale(ix, os.path.dirname(os.path.abspath(path)), written)
         if problem:
@@ -158,10 +169,10 @@ def load_index(path, *, check: bool = True) -> DatasetIndex:
     return DatasetIndex(x, y, meta["class_names"])
 
 
-def index_of_directory(x, y, layout, class_names, follow_links):
+def index_of_directory(x, y, layout, class_names, follow_links, verbose: bool = True):
     """The index in `x/keras_npy.index` when it was written with these
-    arguments and is not stale; `None` otherwise (a line says why, when the
-    file is there)."""
+    arguments and is not stale; `None` otherwise (with `verbose`, a line
+    says why, when the file is there)."""
     if not (isinstance(x, (str, os.PathLike)) and os.path.isdir(x)):
         return None
     path = os.path.join(os.fspath(x), NAME)
@@ -170,11 +181,12 @@ def index_of_directory(x, y, layout, class_names, follow_links):
     try:
         with np.load(path, allow_pickle=False) as archive:
             written = json.loads(archive["meta"].tobytes()).get("arguments")
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
         written = None
-    wanted = _arguments(x, y, layout, class_names, follow_links)
+    wanted = _arguments(x, y, layout, class_names, follow_links,
+                        os.path.abspath(os.fspath(x)))
     if written != wanted:
-        if written is not None:
+        if written is not None and verbose:
             changed = sorted(k for k in wanted if written.get(k) != wanted[k])
             print(f"keras_npy: {path} was written with other arguments ({', '.join(changed)}"
                   "): reading the headers instead.")
@@ -182,20 +194,25 @@ def index_of_directory(x, y, layout, class_names, follow_links):
     try:
         return load_index(path)
     except ValueError as error:
-        print(f"keras_npy: {error} Reading the headers instead.")
+        if verbose:
+            print(f"keras_npy: {error} Reading the headers instead.")
         return None
 
 
-def _arguments(x, y, layout, class_names, follow_links) -> dict:
-    """What an index was built from, as JSON: paths made absolute."""
+def _arguments(x, y, layout, class_names, follow_links, here: str) -> dict:
+    """What an index was built from, as JSON: paths relative to the folder
+    `here` of the index file where they are under it (a copied tree matches),
+    and the layout that `"auto"` means for `x`."""
     def norm(source):
         if isinstance(source, dict):
             return {k: norm(v) for k, v in source.items()}
         if isinstance(source, (list, tuple)):
             return [norm(s) for s in source]
         if isinstance(source, (str, os.PathLike)) and source != "inferred":
-            return os.path.abspath(os.fspath(source))
+            return _relative(os.fspath(source), here)
         return source
+    if not isinstance(x, dict):
+        layout = resolve_layout(layout, x)
     return {"x": norm(x), "y": norm(y), "layout": layout,
             "class_names": None if class_names is None else list(class_names),
             "follow_links": bool(follow_links)}
@@ -267,8 +284,8 @@ def _indexes(index: DatasetIndex) -> list:
 
 def _stale(ix, home: str | None = None, written: int = 0) -> str | None:
     """What changed in the data of an index since it was written, or `None`.
-    The folder `home` holds the index file, put there at time `written`
-    (which changed the folder's time): it may have changed until then."""
+    The folder `home` holds the index file, whose time `written` is the
+    folder's time once the file was put there: it may have that time."""
     table = ix.paths
     for root_id, folder, mtime in ix.folders or []:
         where = os.path.join(table.roots[root_id], folder)
@@ -277,7 +294,7 @@ def _stale(ix, home: str | None = None, written: int = 0) -> str | None:
         except OSError:
             return f"the folder {where} is gone"
         if now != mtime and not (home is not None and os.path.abspath(where) == home
-                                 and mtime <= now <= written):
+                                 and now == written):
             return f"the files in {where} changed"
     if ix.layout == "rows":
         files, expected = np.arange(len(table)), ix.file_ids[:, 2:]

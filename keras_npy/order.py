@@ -27,8 +27,8 @@ The order is a pure function of the arguments and `(seed, epoch)`:
    of P processes make it whole (in shard order, as Keras' distributions
    assemble a global batch from each process's part), and every shard has
    the same number of batches (a collective step never waits for a process
-   that has run out). A global batch of `n` samples with `n % P != 0` (a
-   last, smaller batch) loses its last `n % P` samples; one of fewer than P
+   that has run out). A global batch of `n` samples with `n % P != 0` (the
+   last, smaller batch of a group) loses its last `n % P` samples; one of fewer than P
    samples is dropped on every shard.
 
 Every selected sample appears exactly once per epoch, on one shard (minus
@@ -83,8 +83,10 @@ class Order:
         self._blocks = shuffle == "block" and self.buckets is None
         self._lock = threading.Lock()
         self._cached = None  # (epoch, ordered sample ids, batch starts, windows, steps)
-        starts0 = self._plan(0)[1]
+        starts0, steps0 = self._plan(0)[1], self._plan(0)[3]
         self.num_batches = len(starts0) - 1
+        #: The global batches of an epoch (the same in every epoch).
+        self.num_global_batches = self.num_batches if steps0 is None else int(steps0[-1])
         #: The samples selected (the split applied); with shards, those of
         #: this shard's parts of an epoch's batches (the same number in every
         #: epoch, not the same samples).
@@ -114,13 +116,15 @@ class Order:
         """The global batch that batch `i` of this shard is a part of (`i`
         itself, unless a global batch of fewer than `num_shards` samples was
         dropped before it); `i == num_batches` gives the global count."""
-        steps = self._plan(epoch)[3]
-        return int(steps[i]) if steps is not None else i
+        if self.num_shards == 1 or i == self.num_batches:
+            return i if self.num_shards == 1 else self.num_global_batches
+        return int(self._plan(epoch)[3][i])
 
     def shard_batch(self, epoch: int, step: int) -> int:
         """The first batch of this shard at or after global batch `step`."""
-        steps = self._plan(epoch)[3]
-        return int(np.searchsorted(steps, step)) if steps is not None else step
+        if self.num_shards == 1:
+            return step
+        return int(np.searchsorted(self._plan(epoch)[3], step))
 
     def window_ids(self, epoch: int, i: int, new_only: bool = False) -> np.ndarray | None:
         """With the block shuffle, the sample ids of the windows that batch `i`
@@ -144,7 +148,7 @@ class Order:
         chosen = np.sort(np.concatenate(blocks[first:last + 1]))
         positions = _block_positions(chosen, self.block_size, len(self.sample_ids))
         if mine is not None:  # only what this shard's parts hold
-            positions = np.intersect1d(positions, mine, assume_unique=True)
+            positions = positions[mine[positions]]
         return self.sample_ids[positions]
 
     def _plan(self, epoch: int):
@@ -156,8 +160,8 @@ class Order:
     def _shard(self, ids: np.ndarray, starts: np.ndarray, windows, positions: np.ndarray):
         """This shard's part of the global plan: `(ids, starts, windows, the
         global step of each batch and the global count, or None unsharded)`.
-        With the block shuffle, windows gain the global batch starts and the
-        sorted positions (in `sample_ids`) this shard reads in the epoch."""
+        With the block shuffle, windows gain the global batch starts and
+        whether this shard reads each position (in `sample_ids`) this epoch."""
         if self.num_shards == 1:
             if windows is not None:
                 windows = (*windows, starts, None)
@@ -170,7 +174,9 @@ class Order:
         taken = np.repeat(begins, sizes) + offsets  # global places of this shard's samples
         shard_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         if windows is not None:
-            windows = (*windows, starts, np.sort(positions[taken]))
+            mine = np.zeros(len(self.sample_ids), bool)
+            mine[positions[taken]] = True
+            windows = (*windows, starts, mine)
         return ids[taken], shard_starts, windows, np.append(steps, len(starts) - 1)
 
     def _make_plan(self, epoch: int):

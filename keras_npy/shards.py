@@ -40,11 +40,14 @@ class Run:
 
 
 def find_run() -> Run | None:
-    """The multi-process run this process is part of, or `None`."""
+    """The multi-process run this process is part of, or `None`. The first
+    finder that knows the run decides, sharding or not: a Keras distribution
+    that replicates the data (or was told its data are sharded already) is
+    not overruled by `TF_CONFIG` or a torch group."""
     for finder in (_keras_distribution, _torch_distributed, _tf_config):
         run = finder()
-        if run is not None and run.num_shards > 1:
-            return run
+        if run is not None:
+            return run if run.num_shards > 1 else None
     return None
 
 
@@ -54,15 +57,15 @@ def _keras_distribution() -> Run | None:
     import keras
 
     distribution = keras.distribution.distribution()
-    if distribution is None or not getattr(distribution, "auto_shard_dataset", True):
-        return None
     processes = getattr(distribution, "num_processes", 1)
-    if processes <= 1:
+    if distribution is None or processes <= 1:
         return None
+    found = f"keras.distribution.{type(distribution).__name__} over {processes} processes"
+    if not getattr(distribution, "auto_shard_dataset", True):
+        return Run(1, 0, found)  # its data are sharded by the user
     replicas = distribution.num_model_replicas
     num_shards = processes if replicas >= processes else replicas
-    return Run(num_shards, int(distribution.data_shard_id),
-               f"keras.distribution.{type(distribution).__name__} over {processes} processes")
+    return Run(num_shards, int(distribution.data_shard_id), found)
 
 
 def _torch_distributed() -> Run | None:
@@ -94,7 +97,7 @@ def _tf_config() -> Run | None:
                f"TF_CONFIG: {kind} {index} of {len(chiefs) + len(workers)} tasks")
 
 
-def resolve(num_shards, shard_index, batch_size: int) -> tuple[int, int, Run | None]:
+def resolve(num_shards, shard_index) -> tuple[int, int, Run | None]:
     """`(num_shards, shard_index, the run found or None)` of the arguments a
     dataset was given: `None` for both means the run's shard (or no shards);
     `num_shards=1` alone means no shards."""

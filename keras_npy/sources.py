@@ -128,8 +128,9 @@ def find_files(source, *, follow_links: bool = False, name: str = "x",
             each, the walk going on. Defaults to `None`.
         folders: `None`, or a list to which `(root index, folder relative to
             the root, its modification time in ns)` is appended for each
-            folder a walk lists (the time taken before the listing): what an
-            index file checks to know the listing is still the same.
+            folder a walk lists (the time taken before the listing), and for
+            a glob each folder of its matches up to its root: what an index
+            file checks to know the listing is still the same.
             Defaults to `None`.
 
     Returns:
@@ -186,9 +187,25 @@ def _resolve(entry: str, follow_links: bool, name: str, problems: list | None,
     if glob.has_magic(entry):
         root = _glob_root(entry)
         matches = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        if seen is not None:  # the folders of the matches and those above them
+            _seen_folders(root, matches, seen)
         return GLOB, root, (os.path.relpath(p, root) for p in matches)
     raise ValueError(f"`{name}` must name existing files, directories or globs; "
                      f"{entry!r} does not exist.")
+
+
+def _seen_folders(root: str, matches: list[str], seen) -> None:
+    """`seen(folder, mtime_ns)` for each folder that holds a match, and each
+    folder between it and `root`: a file added where the glob would match it
+    changes one of their times (or adds a folder to one of them)."""
+    folders = {""}
+    for path in matches:
+        folder = os.path.dirname(os.path.relpath(path, root))
+        while folder and folder + os.sep not in folders:
+            folders.add(folder + os.sep)
+            folder = os.path.dirname(folder)
+    for folder in sorted(folders):
+        seen(folder, os.stat(os.path.join(root, folder)).st_mtime_ns)
 
 
 def _glob_root(pattern: str) -> str:

@@ -64,8 +64,7 @@ class BatchSpec:
         _checks.check_seed(self.seed)
         _checks.check_validation_split(self.validation_split, self.subset, self.shuffle,
                                        self.seed, allow_both=False)
-        num_shards, shard_index, run = shards.resolve(self.num_shards, self.shard_index,
-                                                      self.batch_size)
+        num_shards, shard_index, run = shards.resolve(self.num_shards, self.shard_index)
         _checks.check_shards(num_shards, shard_index, self.batch_size, self.shuffle,
                              self.seed, run)
         object.__setattr__(self, "num_shards", int(num_shards))

@@ -19,7 +19,9 @@ import numpy as np
 
 #: What a state says it is; another value (or a newer version) is refused.
 FORMAT = "keras_npy.dataset_state"
-VERSION = 1
+#: 2: positions are global steps, and shards are not part of the order (1:
+#: a shard's own batches; a state of an unsharded dataset reads the same).
+VERSION = 2
 
 
 def _digest(*parts) -> str:
@@ -89,7 +91,7 @@ def order_facts(source) -> dict:
             "shuffle_block_size": order.block_size if order.shuffle == "block" else None,
             "shuffle_window": order.window if order.shuffle == "block" else None,
             "num_samples": len(order.sample_ids),
-            "num_batches": order.global_step(0, order.num_batches)}
+            "num_batches": order.num_global_batches}
 
 
 def make_state(source, epoch: int, batch: int) -> dict:
@@ -110,6 +112,7 @@ def check_state(source, state, what: str) -> tuple[int, int, int]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{what}.set_state() takes a value returned by get_state() (a dict "
                          f"with format {FORMAT!r}). Received: {_short(state)}")
+    state = _upgraded(state, what)
     if state.get("version") != VERSION:
         raise ValueError(f"{what}.set_state(): this state has version "
                          f"{state.get('version')!r}; this keras_npy reads version {VERSION}.")
@@ -138,7 +141,7 @@ def check_state(source, state, what: str) -> tuple[int, int, int]:
     order = source.order
     if seed != source.seed and order.num_shards > 1:  # the state's order, to map its step
         order = order.with_spec(source.spec.with_seed(seed))
-    num_batches = order.global_step(epoch, order.num_batches)
+    num_batches = order.num_global_batches
     if batch > num_batches:
         raise ValueError(f"{what}.set_state(): the state's next batch is {batch}, past the "
                          f"{num_batches} batches of an epoch.")
@@ -146,6 +149,21 @@ def check_state(source, state, what: str) -> tuple[int, int, int]:
     if batch == order.num_batches:  # every batch of the epoch read: the next one begins
         epoch, batch = epoch + 1, 0
     return seed, epoch, batch
+
+
+def _upgraded(state: dict, what: str) -> dict:
+    """A version-1 state of an unsharded dataset as version 2 (its batch is
+    the global step); one of a shard cannot be: it counted its own batches."""
+    order = state.get("order")
+    if state.get("version") != 1 or not isinstance(order, dict):
+        return state
+    if order.get("num_shards", 1) != 1:
+        raise ValueError(f"{what}.set_state(): this state (version 1) was taken of shard "
+                         f"{order.get('shard_index')!r} of {order['num_shards']}, whose "
+                         "batches this keras_npy orders otherwise (each shard now reads a part "
+                         "of every global batch). Start the run again.")
+    order = {k: v for k, v in order.items() if k not in ("num_shards", "shard_index")}
+    return {**state, "version": VERSION, "order": order}
 
 
 _WHAT = {"samples": "the number of samples", "files": "the number of files",

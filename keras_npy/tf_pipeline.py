@@ -120,11 +120,13 @@ def source_to_tf_dataset(source: BatchSource, cursor: "Cursor | None" = None,
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(
             source.order.num_batches))
     options = tf.data.Options()
-    # Several workers each keep the batches of their own shard: distinct
-    # samples per replica. (A dataset that reads only its shard, `num_shards`,
-    # goes to each worker as it is: see fit_adapter's `_per_worker`.)
+    # Unsharded, several workers each keep the batches of their own shard:
+    # distinct samples per replica. Sharded already (`num_shards`), it is
+    # not sharded again: fit hands each worker its own (fit_adapter's
+    # `_per_worker`), as `distribute_datasets_from_function` does.
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
+        tf.data.experimental.AutoShardPolicy.DATA if source.order.num_shards == 1
+        else tf.data.experimental.AutoShardPolicy.OFF)
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

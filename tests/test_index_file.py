@@ -93,13 +93,41 @@ def test_a_rows_file_rewritten_makes_the_index_stale(tmp_path):
         load_index(path)
 
 
-def test_a_tree_copied_with_its_index_loads_where_it_is(tree, tmp_path, monkeypatch):
+def test_a_tree_copied_with_its_index_loads_where_it_is(tree, tmp_path, monkeypatch, capsys):
     write_index(tree, y="inferred")
     copy = str(tmp_path / "copy")
     shutil.copytree(tree, copy)  # copy2 and copystat keep the times
     _no_headers(monkeypatch)
     index = load_index(os.path.join(copy, "keras_npy.index"))
     assert index.x.paths[0] == os.path.join(copy, "class_0", "00.npy")
+    ds = NpyDataset(copy, y="inferred", pad_to="longest")  # its arguments match there too
+    assert ds.file_paths[0] == os.path.join(copy, "class_0", "00.npy")
+    assert capsys.readouterr().out == ""
+
+
+def test_the_directory_function_loads_the_index_file(tree, monkeypatch, capsys):
+    write_index(tree, y="inferred")  # layout "auto": files, for a directory
+    _no_headers(monkeypatch)
+    ds = keras_npy.npy_dataset_from_directory(tree, format="pydataset", pad_to="longest",
+                                              batch_size=4, verbose=False)
+    assert ds.num_samples == 12 and capsys.readouterr().out == ""
+
+
+def test_a_change_after_the_index_file_is_touched_is_still_found(tree):
+    path = write_index(tree)
+    os.chmod(path, 0o600)  # changes the file's ctime, not its time
+    time.sleep(0.02)
+    os.rename(os.path.join(tree, "class_0", "00.npy"), os.path.join(tree, "00.npy"))
+    with pytest.raises(ValueError, match=f"the files in {tree}/ changed since it was written"):
+        load_index(path)
+
+
+def test_a_file_added_where_a_glob_matches_makes_the_index_stale(tree, tmp_path):
+    path = write_index(os.path.join(tree, "*", "*.npy"), path=str(tmp_path / "glob.index"))
+    assert load_index(path).num_samples == 12
+    _touch_later(os.path.join(tree, "class_1", "99.npy"), np.zeros((3, 2), "float32"))
+    with pytest.raises(ValueError, match="the files in .*class_1/ changed since it was written"):
+        load_index(path)
 
 
 def test_the_cache_of_headers_still_checks_each_file(tree):

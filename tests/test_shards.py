@@ -64,6 +64,43 @@ def test_a_run_found_is_said_once_and_overridden_by_num_shards(monkeypatch, rows
         "reads an equal part. Received: batch_size=7, num_shards=2")
 
 
+def test_a_keras_distribution_that_replicates_the_data_decides(monkeypatch):
+    import keras
+
+    class Told:  # auto_shard_dataset=False: its data are sharded by the user
+        num_processes, auto_shard_dataset = 2, False
+
+    monkeypatch.setenv("TF_CONFIG", _cluster(2, 1))
+    monkeypatch.setattr(keras.distribution, "distribution", lambda: Told())
+    assert shards.find_run() is None  # not overruled by TF_CONFIG
+
+
+def test_commands_read_every_sample_whatever_the_run(monkeypatch, rows_file, tmp_path):
+    from test_cli import _run
+
+    path, x = rows_file
+    monkeypatch.setenv("TF_CONFIG", _cluster(3, 1))
+    done = _run("stats", path, "-q", "-o", str(tmp_path / "s.npz"))
+    assert done.returncode == 0, done.stderr
+    assert "reading shard" not in done.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "s.npz")["mean"], x.mean(axis=0), rtol=1e-5)
+
+
+def test_a_state_of_the_first_format_is_read(rows_file):
+    path, _ = rows_file
+    ds = NpyDataset(path, batch_size=8, shuffle=True, seed=3)
+    state = ds.get_state()
+    order = {**state["order"], "num_shards": 1, "shard_index": 0}
+    ds.set_state({**state, "version": 1, "order": order, "batch": 4})
+    assert (ds.epoch, ds._start_batch) == (0, 4)
+    with pytest.raises(ValueError) as error:
+        ds.set_state({**state, "version": 1, "order": {**order, "num_shards": 2}})
+    assert str(error.value) == (
+        "NpyDataset.set_state(): this state (version 1) was taken of shard 0 of 2, whose "
+        "batches this keras_npy orders otherwise (each shard now reads a part of every global "
+        "batch). Start the run again.")
+
+
 def test_a_state_resumes_on_another_number_of_shards(rows_file):
     path, _ = rows_file
     kwargs = dict(batch_size=8, shuffle=True, seed=3)

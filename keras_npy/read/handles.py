@@ -160,8 +160,17 @@ class OpenFile:
         change times. A copy from its map is kept only if this holds after the
         copy: a file cut short mid-page reads as zeros past its end (no fault
         there), and with multigrain timestamps (Linux 6.13 and later) any
-        change after the file was opened changes its times."""
-        return _stamp(os.fstat(self.fd)) == self._stamp
+        change after the file was opened changes its times. A file being
+        closed (its last holder gone, while a weak reference of a reader
+        still reaches it: CPython runs `__del__` before clearing those)
+        counts as changed: the reader opens it anew."""
+        fd = self.fd
+        if fd is None:
+            return False
+        try:
+            return _stamp(os.fstat(fd)) == self._stamp
+        except OSError:
+            return False
 
     def mapped(self) -> Mapped | None:
         """The guarded map of the data, made on first use; `None` where maps
@@ -198,9 +207,11 @@ class OpenFile:
         return probe.pages_missing(offset, nbytes) if probe else None
 
     def __del__(self):
-        if getattr(self, "fd", None) is not None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            self.fd = None  # first: a reader reaching this object meanwhile sees it closed
             try:
-                os.close(self.fd)
+                os.close(fd)
             except (OSError, AttributeError, TypeError):  # the interpreter is ending
                 pass
 
