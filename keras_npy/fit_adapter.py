@@ -13,9 +13,16 @@ keras_npy wraps `get_data_adapter`: an `NpyDataset` gets an
 `tf.data.Dataset` made by `npy_dataset` (not transformed since): the adapter
 reads its batch source as it reads an NpyDataset's, from the batch a restored
 state names (`set_state`; the dataset's own pipeline yields whole epochs, as
-its cardinality says). Any other `x` goes to Keras' function untouched. For both of keras_npy's, `fit`'s `shuffle` is ignored with this
-module's warning, given only when the dataset does not shuffle itself, and
-the adapter is kept for `keras_npy.BackupAndRestore` (`training_data`).
+its cardinality says). Any other `x` goes to Keras' function untouched. For
+both of keras_npy's, `fit`'s `shuffle` is ignored with this module's warning,
+given only when the dataset does not shuffle itself, and the adapter is kept
+for `keras_npy.BackupAndRestore` (`training_data`).
+
+Under `MultiWorkerMirroredStrategy`, a dataset that reads its own shard goes
+to each worker as it is (`_per_worker`), and two faults of Keras' TF trainer
+that stop every multi-worker `fit` at its first step (keras-team/keras#20585)
+are worked around: the model is built from keras_npy's element spec, and
+scalar logs are averaged over the workers with `axis=None`.
 
 This module is the one place keras_npy uses Keras' private modules
 (`keras.src`). `KERAS_PROBLEM` says what differs when a Keras release no

@@ -28,8 +28,8 @@ The order is a pure function of the arguments and `(seed, epoch)`:
    assemble a global batch from each process's part), and every shard has
    the same number of batches (a collective step never waits for a process
    that has run out). A global batch of `n` samples with `n % P != 0` (the
-   last, smaller batch of a group) loses its last `n % P` samples; one of fewer than P
-   samples is dropped on every shard.
+   last, smaller batch of a group) loses its last `n % P` samples; one of
+   fewer than P samples is dropped on every shard.
 
 Every selected sample appears exactly once per epoch, on one shard (minus
 what `drop_remainder` and the cut into equal parts drop), whichever process
