@@ -133,7 +133,36 @@ def install() -> bool:
         _ADAPTERS.get_data_adapter = _wrap(_ADAPTERS.get_data_adapter)
     if keras.backend.backend() == "tensorflow":
         _build_from_specs()
+        _reduce_scalars_across_workers()
+        _remember_strategy()
     return True
+
+
+_TF_STRATEGY = threading.local()
+
+
+def _remember_strategy() -> None:
+    """Keras' `TFEpochIterator` asks the adapter for its `tf.data` pipeline
+    while it is made with the trainer's strategy, which the adapter needs to
+    hand a sharded dataset to each worker (`_per_worker`): kept in a
+    thread-local while the iterator is made."""
+    try:
+        from keras.src.backend.tensorflow.trainer import TFEpochIterator
+    except ImportError:
+        return
+    original = TFEpochIterator.__init__
+    if getattr(original, "keras_npy", False):
+        return
+
+    def __init__(self, distribute_strategy=None, *args, **kwargs):
+        _TF_STRATEGY.value = distribute_strategy
+        try:
+            original(self, distribute_strategy, *args, **kwargs)
+        finally:
+            _TF_STRATEGY.value = None
+
+    __init__.keras_npy = True
+    TFEpochIterator.__init__ = __init__
 
 
 def _build_from_specs() -> None:
@@ -160,7 +189,6 @@ def _build_from_specs() -> None:
 
     _maybe_symbolic_build.keras_npy = True
     TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
-    _reduce_scalars_across_workers()
 
 
 def _reduce_scalars_across_workers() -> None:
@@ -169,8 +197,10 @@ def _reduce_scalars_across_workers() -> None:
     axis=0)`, which fails for a scalar: every `fit` stops at its first step
     (keras-team/keras#20585). Scalars are averaged with `axis=None` instead;
     every other value, and every other strategy, goes to Keras' function."""
-    from keras.src.backend.tensorflow import trainer
-
+    try:
+        from keras.src.backend.tensorflow import trainer
+    except ImportError:
+        return
     original = getattr(trainer, "reduce_per_replica", None)
     is_multi_worker = getattr(trainer, "_collective_all_reduce_multi_worker", None)
     if original is None or is_multi_worker is None or getattr(original, "keras_npy", False):
@@ -261,7 +291,7 @@ else:
                 pipeline = tf.data.Dataset.from_generator(
                     self._batches, output_signature=self._signature(tf)).prefetch(
                         tf.data.AUTOTUNE)
-            return _per_worker(pipeline, dataset._source.order, _caller_strategy())
+            return _per_worker(pipeline, dataset._source.order, _fit_strategy())
 
         def symbolic_batch(self):
             """The `tf.TensorSpec`s of a batch, for Keras to build a model."""
@@ -335,19 +365,13 @@ else:
                 self._dataset.on_epoch_end()
 
 
-def _caller_strategy():
-    """The `tf.distribute` strategy of the trainer that asks for the dataset:
-    Keras' `TFEpochIterator` holds it (`_distribute_strategy`) when it calls
-    `get_tf_dataset`; outside it, the strategy in scope."""
+def _fit_strategy():
+    """The `tf.distribute` strategy of the `fit` (or `evaluate`, `predict`)
+    that asks for the dataset: the one Keras' `TFEpochIterator` is being made
+    with (`_remember_strategy`); outside it, the strategy in scope."""
     import tensorflow as tf
 
-    frame = inspect.currentframe().f_back
-    for _ in range(4):
-        frame = frame.f_back if frame is not None else None
-        strategy = getattr(frame and frame.f_locals.get("self"), "_distribute_strategy", None)
-        if isinstance(strategy, tf.distribute.Strategy):
-            return strategy
-    return tf.distribute.get_strategy()
+    return getattr(_TF_STRATEGY, "value", None) or tf.distribute.get_strategy()
 
 
 def _per_worker(pipeline, order, strategy):

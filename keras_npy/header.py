@@ -204,16 +204,18 @@ class HeaderCache:
             head, size = b"", -1
         finally:
             os.close(fd)
-        version = head[6:7]
-        if version == b"\x01":
-            end = 10 + int.from_bytes(head[8:10], "little")
-        elif version in (b"\x02", b"\x03"):
-            end = 12 + int.from_bytes(head[8:12], "little")
-        else:
-            end = len(head) + 1
-        known = self._known.get(head[:end]) if end <= len(head) else None
+        # The preamble as `_parse_preamble` reads it; anything it would refuse,
+        # or a header past the page, goes to `read_header` for its error.
+        preamble = _PREAMBLE.get(head[6]) if len(head) >= 12 and (
+            head[:6] == MAGIC and head[7] == 0) else None
+        end = len(head) + 1
+        if preamble is not None:
+            length_field = preamble[0]
+            end = 8 + length_field.size + length_field.unpack_from(head, 8)[0]
+        key = head[:end] if end <= len(head) else None
+        known = None if key is None else self._known.get(key)
         if known is None or known[4] != size:
-            return self._parse(path, head[:end] if end <= len(head) else None)
+            return self._parse(path, key)
         return known[:4] + known[5:]
 
     def _parse(self, path: str, key: bytes | None) -> tuple:

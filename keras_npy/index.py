@@ -78,47 +78,37 @@ class FileIndex:
                      headers: Iterable[NpyHeader]) -> "FileIndex":
         """Builds the index from the headers of `paths`, in order, checking that
         every file has the dtype and number of dimensions of the first."""
-        shapes, offsets, fortran = array.array("q"), array.array("I"), bytearray()
-        crcs = array.array("I")
-        first = None
-        for header in headers:
-            first = first or header
-            _check_same_dtype(header, first)
-            if len(header.shape) != len(first.shape):
-                raise ValueError(
-                    f"{header.path}: expected a sample of {len(first.shape)} dimensions "
-                    f"like {first.path} (shape {first.shape}), found shape {header.shape}.")
-            shapes.extend(header.shape)
-            offsets.append(header.data_offset)
-            fortran.append(header.fortran_order)
-            crcs.append(header.header_crc32)
-        ndim = len(first.shape)
-        return cls(paths, first.dtype,
-                   np.frombuffer(shapes, np.int64).reshape(len(paths), ndim).copy(),
-                   np.frombuffer(offsets, np.uint32).copy(),
-                   np.frombuffer(bytes(fortran), np.bool_),
-                   np.frombuffer(crcs, np.uint32).copy())
+        return cls._from_facts(paths, ((h.path, h.dtype, h.fortran_order, h.shape,
+                                        h.data_offset, h.header_crc32) for h in headers))
 
     @classmethod
     def from_paths(cls, paths: sources.PathTable, *, verbose: bool = True) -> "FileIndex":
         """Builds the index from the headers of `paths`, read as `read_header`
         reads them (a `HeaderCache`: each distinct header parsed once), many
         files at a time where opening them is slow (see `iter_headers`)."""
+        cache = HeaderCache()
+        chunks = _chunks_read(paths.select(np.arange(len(paths))),
+                              lambda c: [cache.read(p) for p in c], verbose)
+        return cls._from_facts(paths, ((path, *facts) for chunk in chunks
+                                       for path, facts in chunk))
+
+    @classmethod
+    def _from_facts(cls, paths: sources.PathTable, facts: Iterable[tuple]) -> "FileIndex":
+        """The index of `(path, dtype, fortran_order, shape, data_offset,
+        crc32)` of each file of `paths`, in order, checking that every file
+        has the dtype and number of dimensions of the first."""
         shapes, offsets, fortran = array.array("q"), array.array("I"), bytearray()
         crcs = array.array("I")
         first = None
-        names = paths.select(np.arange(len(paths)))
-        cache = HeaderCache()
-        for chunk in _chunks_read(names, lambda c: [cache.read(p) for p in c], verbose):
-            for path, (dtype, fortran_order, shape, offset, crc) in chunk:
-                if first is None:
-                    first = (path, dtype, shape)
-                if dtype != first[1] or len(shape) != len(first[2]):
-                    _check_like_first(path, dtype, shape, first)
-                shapes.extend(shape)
-                offsets.append(offset)
-                fortran.append(fortran_order)
-                crcs.append(crc)
+        for path, dtype, fortran_order, shape, offset, crc in facts:
+            if first is None:
+                first = (path, dtype, shape)
+            if dtype != first[1] or len(shape) != len(first[2]):
+                _check_like_first(path, dtype, shape, first)
+            shapes.extend(shape)
+            offsets.append(offset)
+            fortran.append(fortran_order)
+            crcs.append(crc)
         ndim = len(first[2])
         return cls(paths, first[1],
                    np.frombuffer(shapes, np.int64).reshape(len(paths), ndim).copy(),
@@ -203,7 +193,7 @@ class RowIndex:
             if not header.shape:
                 raise ValueError(f"{header.path}: expected an array whose rows are samples, "
                                  "found a 0-dimensional array.")
-            _check_same_dtype(header, first)
+            _check_same_dtype(header.path, header.dtype, first.path, first.dtype)
             if header.shape[1:] != first.shape[1:]:
                 raise ValueError(
                     f"{header.path}: expected rows of shape {first.shape[1:]} like "
@@ -406,10 +396,9 @@ def iter_headers(paths: Sequence[str], *, verbose: bool = True) -> Iterator[NpyH
 def _chunks_read(paths: Sequence[str], read, verbose: bool) -> Iterator[list]:
     """`read(chunk of paths)` of each chunk of `paths`, in order, as lists of
     `(path, result)`. The first `_PROBE` files are read in this thread and
-    timed; when
-    a file took longer than `_THREADED_ABOVE_SECONDS_PER_FILE` (waiting on a
-    disk, not Python work), the rest are read by `_MAX_THREADS` threads, as
-    many reads in flight."""
+    timed; when a file took longer than `_THREADED_ABOVE_SECONDS_PER_FILE`
+    (waiting on a disk, not Python work), the rest are read by `_MAX_THREADS`
+    threads, as many reads in flight."""
     progress = Progress(len(paths), verbose)
     probe = min(_CHUNK, _PROBE)  # few files: a cold disk is found before it costs much
     chunks = [paths[:probe]] + [paths[i:i + _CHUNK] for i in range(probe, len(paths), _CHUNK)]
@@ -468,19 +457,18 @@ class Progress:
 
 
 def _check_like_first(path: str, dtype: np.dtype, shape: tuple, first: tuple) -> None:
-    """A file of `FileIndex.from_paths` must have the dtype and number of
-    dimensions of the first, `(path, dtype, shape)`."""
-    if dtype != first[1]:
-        raise ValueError(f"{path}: expected dtype {first[1]} like {first[0]}, found {dtype}.")
+    """A file of a `FileIndex` must have the dtype and number of dimensions
+    of the first, `(path, dtype, shape)`."""
+    _check_same_dtype(path, dtype, first[0], first[1])
     if len(shape) != len(first[2]):
         raise ValueError(f"{path}: expected a sample of {len(first[2])} dimensions like "
                          f"{first[0]} (shape {first[2]}), found shape {shape}.")
 
 
-def _check_same_dtype(header: NpyHeader, first: NpyHeader) -> None:
-    if header.dtype != first.dtype:
-        raise ValueError(f"{header.path}: expected dtype {first.dtype} like {first.path}, "
-                         f"found {header.dtype}.")
+def _check_same_dtype(path: str, dtype: np.dtype, first_path: str, first_dtype) -> None:
+    if dtype != first_dtype:
+        raise ValueError(f"{path}: expected dtype {first_dtype} like {first_path}, "
+                         f"found {dtype}.")
 
 
 def _index_inputs(x, options: dict) -> FileIndex | RowIndex | dict:
@@ -574,8 +562,7 @@ def _index_per_sample_targets(y, x_index: FileIndex, options: dict) -> FileIndex
             raise ValueError(f"{x_index.paths[i]}: expected a target file {expected} in "
                              "`y`, found none.")
         order[i] = match
-    paths = found.take(order)
-    return FileIndex.from_headers(paths, iter_headers(paths, verbose=options["verbose"]))
+    return FileIndex.from_paths(found.take(order), verbose=options["verbose"])
 
 
 def _describe(paths: sources.PathTable) -> str:

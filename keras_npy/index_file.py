@@ -237,7 +237,7 @@ def _put(arrays: dict, key: str, ix, path: str) -> dict:
     else:  # files named without a walk: their sizes and times
         direct = np.flatnonzero(np.isin(table.root_ids, [
             r for r, kind in enumerate(table.kinds) if kind != sources.DIRECTORY]))
-        ix.direct = (direct, _stats(table, direct))
+        ix.direct = (direct, _stats(table, direct)[:, 2:])
         arrays[f"{key}.direct"], arrays[f"{key}.direct_stats"] = ix.direct
     return facts
 
@@ -302,31 +302,24 @@ def _stale(ix, home: str | None = None, written: int = 0) -> str | None:
         files, expected = ix.direct
     if len(files):
         found = _stats(table, files)
-        changed = np.flatnonzero((found != expected).any(axis=1))
+        changed = np.flatnonzero((found[:, 2:] != expected).any(axis=1))
         if len(changed):
             return f"the file {table[int(files[changed[0]])]} changed"
-    if ix.layout == "rows":  # the same files, maybe copied: these devices and inodes
-        ix.file_ids = np.concatenate([_ids(table), ix.file_ids[:, 2:]], axis=1)
+        if ix.layout == "rows":  # the same files, maybe copied: these devices and inodes
+            ix.file_ids = found
     return None
 
 
 def _stats(table, files) -> np.ndarray:
-    """`(size, mtime_ns)` of each file (-1 where it is gone)."""
-    out = np.full((len(files), 2), -1, np.int64)
+    """`(device, inode, size, mtime_ns)` of each file, as `NpyHeader.file_id`
+    (-1 where it is gone)."""
+    out = np.full((len(files), 4), -1, np.int64)
     for k, f in enumerate(files.tolist()):
         try:
             stat = os.stat(table[f])
         except OSError:
             continue
-        out[k] = stat.st_size, stat.st_mtime_ns
-    return out
-
-
-def _ids(table) -> np.ndarray:
-    out = np.zeros((len(table), 2), np.int64)
-    for f in range(len(table)):
-        stat = os.stat(table[f])
-        out[f] = stat.st_dev, stat.st_ino
+        out[k] = stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
     return out
 
 

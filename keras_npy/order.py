@@ -83,7 +83,7 @@ class Order:
         self._blocks = shuffle == "block" and self.buckets is None
         self._lock = threading.Lock()
         self._cached = None  # (epoch, ordered sample ids, batch starts, windows, steps)
-        starts0, steps0 = self._plan(0)[1], self._plan(0)[3]
+        _, starts0, _, steps0 = self._plan(0)
         self.num_batches = len(starts0) - 1
         #: The global batches of an epoch (the same in every epoch).
         self.num_global_batches = self.num_batches if steps0 is None else int(steps0[-1])
