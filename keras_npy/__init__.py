@@ -28,6 +28,7 @@ _NAMES = {
     "normalization_layer": "keras_npy.layers",
     "npy_dataset_from_directory": "keras_npy.from_directory",
     "npy_dataset": "keras_npy.tf_dataset",
+    "npy_timeseries_dataset": "keras_npy.timeseries",
 }
 
 __all__ = sorted([*_NAMES, "__version__", "layers"])

@@ -365,6 +365,13 @@ class NpyDataset(keras.utils.PyDataset):
             `(mean, variance)` float64 arrays (population variance); for a dict
             `x`, a dict of them.
         """
+        from keras_npy.timeseries import WindowIndex
+
+        if isinstance(self.index, WindowIndex):
+            raise TypeError("statistics() of the windows of npy_timeseries_dataset would count "
+                            "each row once per window; take those of the series' rows: "
+                            "keras_npy.normalization_layer(data) (or NpyDataset(data)"
+                            ".statistics()).")
         ids = self._source.order.sample_ids
         stats = {name: sample_statistics(reader.index, ids, axis, name=name, verbose=verbose)
                  for name, reader in self._source.readers.items()}

@@ -86,7 +86,7 @@ def source_to_tf_dataset(source: BatchSource, cursor: "Cursor | None" = None,
     # they are read by one call at a time (prefetch still reads ahead of the
     # model); rows are a view or one gather per batch, and gain from parallel
     # calls.
-    files = any(r.index.layout == "files" for r in source.readers.values())
+    files = any(r.reads_files for r in source.readers.values())
     parallel = {} if files else dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def draw():

@@ -69,7 +69,7 @@ class BatchReader:
         self.axes = padding.axes(index.sample_shape, name)
         self._check_kept_axes()
         self.pad_value = check_pad_value(padding.pad_value, self.native)
-        self._rows = _RowFiles(index) if isinstance(index, RowIndex) else None
+        self._rows = RowFiles(index) if isinstance(index, RowIndex) else None
         if self._rows is not None:
             self._row_target = padding.target_shape(
                 self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
@@ -77,6 +77,11 @@ class BatchReader:
             #: Rows go out as stored: the next batch of an unshuffled epoch may be
             #: copied straight from the map the last one came from.
             self._plain = self._direct and self.dtype == self.native
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether samples are per-sample files (read whole, one after another)."""
+        return isinstance(self.index, FileIndex)
 
     def element_shape(self) -> tuple[int | None, ...]:
         """The shape of one sample of a batch, `None` where batches vary."""
@@ -203,7 +208,7 @@ class BatchReader:
         return out
 
 
-class _RowFiles:
+class RowFiles:
     """The files of a `RowIndex` as a reader reads them: their facts, keys in
     the table of open files, and the rows each holds."""
 
@@ -291,6 +296,8 @@ class _RowFiles:
         if isinstance(part, plan.Run):
             copies.copy(into[part.slot:part.slot + part.count],
                         rows[part.row:part.row + part.count])
+        elif isinstance(part, plan.Windows):
+            copy_windows(rows, part, into)
         elif part.slots is None:
             # The rows lie in the file (planned so): mode="clip" spares numpy the
             # copy through a temporary that the default mode makes with `out`.
@@ -312,6 +319,8 @@ class _RowFiles:
             local.pread_into(facts.path, fd, [target[part.slot:part.slot + part.count]],
                              facts.data_offset + part.row * self.row_nbytes)
             return
+        if isinstance(part, plan.Windows):
+            return self._pread_windows(facts, fd, part, into)
         slots = _slots(part)
         order, run_starts, lengths = plan.adjacent_runs(part.rows)
         ordered = part.rows[order]
@@ -319,6 +328,22 @@ class _RowFiles:
             buffers = _slot_buffers(target, slots[order[a:a + length]])
             local.pread_into(facts.path, fd, buffers,
                              facts.data_offset + int(ordered[a]) * self.row_nbytes)
+
+    def _pread_windows(self, facts, fd: int, part, into: np.ndarray) -> None:
+        """Reads each window of `part` with one `preadv` of its span of rows:
+        into its slot when its rows are consecutive (`rate` 1), else into a
+        scratch buffer whose every `rate`-th row is kept."""
+        slots = _slots(part).tolist()
+        span_bytes = part.span * self.row_nbytes
+        scratch = None if part.rate == 1 else np.empty(span_bytes, np.uint8)
+        target = into.reshape(len(into), -1).view(np.uint8)
+        for slot, row in zip(slots, part.rows.tolist()):
+            offset = facts.data_offset + row * self.row_nbytes
+            if scratch is None:
+                local.pread_into(facts.path, fd, [target[slot]], offset)
+                continue
+            local.pread_into(facts.path, fd, [scratch], offset)
+            into[slot] = scratch.view(into.dtype).reshape(part.span, *into.shape[2:])[::part.rate]
 
     def prefetch(self, parts: list) -> int:
         """Advises the kernel of the stretches of bytes of `parts` that are not
@@ -336,6 +361,17 @@ class _RowFiles:
                 local.advise(opened.fd, facts.data_offset + offset, length)
                 pages += missing
         return pages
+
+
+def copy_windows(rows: np.ndarray, part, into: np.ndarray) -> None:
+    """Copies the windows of `part` (a `plan.Windows`) from `rows` (a file's
+    rows, mapped, or an array) into their slots of `into`: one copy of each
+    window's rows, subsampled by `rate` on the way."""
+    view = plan.window_view(rows, part.length, part.rate)
+    if part.slots is None:
+        view.take(part.rows, axis=0, out=into, mode="clip")  # planned within the file
+    else:
+        into[part.slots] = view.take(part.rows, axis=0, mode="clip")
 
 
 def _not_cached(opened, offsets: list, lengths: list):

@@ -4,7 +4,9 @@ A batch of the rows layout is a list of parts, one per file it touches:
 
 - `Run`: consecutive rows of one file into consecutive slots (an unshuffled
   epoch: one run per batch, two where a batch crosses a file boundary);
-- `Gather`: scattered rows of one file, in the order of their slots.
+- `Gather`: scattered rows of one file, in the order of their slots;
+- `Windows`: windows of rows of one file (`npy_timeseries_dataset`), each
+  one stretch of the file, subsampled after the read.
 
 The engine copies each part from the file's memory map or reads it with
 `preadv`; the read-ahead turns parts into byte `extents`, sorted and merged
@@ -40,6 +42,36 @@ class Gather(NamedTuple):
     file: int
     rows: np.ndarray
     slots: np.ndarray | None
+
+
+class Windows(NamedTuple):
+    """Windows of `length` rows, `rate` rows apart, starting at rows `rows`
+    (numbers within file `file`), into `slots` (`None`: slots `0 ..
+    len(rows) - 1`). Window `k` spans rows `rows[k]` to `rows[k] + span - 1`."""
+
+    file: int
+    rows: np.ndarray
+    slots: np.ndarray | None
+    length: int
+    rate: int
+
+    @property
+    def span(self) -> int:
+        return (self.length - 1) * self.rate + 1
+
+
+def plan_windows(starts: list[int], ids: np.ndarray, length: int, rate: int) -> list[Windows]:
+    """The parts of a batch of windows whose first rows are `ids` (row
+    numbers of the concatenated files, `int64`); no window crosses the end of
+    its file (the caller made them so)."""
+    if len(ids) == 0:
+        return []
+    f = bisect.bisect_right(starts, int(ids.min())) - 1
+    if int(ids.max()) < starts[f + 1]:  # one file: the common case
+        return [Windows(f, ids - starts[f] if starts[f] else ids, None, length, rate)]
+    files = np.searchsorted(np.asarray(starts), ids, side="right") - 1
+    return [Windows(f, ids[slots] - starts[f], slots, length, rate)
+            for f in np.unique(files).tolist() for slots in [np.flatnonzero(files == f)]]
 
 
 def plan_rows(starts: list[int], ids) -> list:
@@ -84,6 +116,18 @@ def _runs(starts: list[int], first: int, count: int, slot: int) -> list[Run]:
     return parts
 
 
+def window_view(rows: np.ndarray, length: int, rate: int) -> np.ndarray:
+    """Every window of `rows` (a file's rows, or an array) as a read-only
+    view of shape `(windows, length, *row shape)`: `view[r]` is rows `r, r +
+    rate, ..., r + (length - 1) * rate`, so that one `take` copies each
+    window's rows from the map (or array) once, subsampled on the way."""
+    count = max(0, len(rows) - (length - 1) * rate)
+    step = rows.strides[0]
+    return np.lib.stride_tricks.as_strided(
+        rows, (count, length, *rows.shape[1:]), (step, rate * step, *rows.strides[1:]),
+        writeable=False)
+
+
 def adjacent_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For scattered rows: `(order, starts, lengths)`: `rows[order]` sorted, cut
     into runs of adjacent rows (`starts` index into the sorted rows)."""
@@ -102,11 +146,13 @@ def row_extents(part, row_nbytes: int) -> tuple[np.ndarray, np.ndarray]:
         return (np.array([part.row * row_nbytes], np.int64),
                 np.array([part.count * row_nbytes], np.int64))
     rows = np.unique(part.rows)
-    return merge_extents(rows * row_nbytes, np.full(len(rows), row_nbytes, np.int64))
+    span = part.span if isinstance(part, Windows) else 1
+    return merge_extents(rows * row_nbytes, np.full(len(rows), span * row_nbytes, np.int64))
 
 
 def merge_extents(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted extents with gaps under `MERGE_GAP_BYTES` merged into one."""
+    """Sorted extents with gaps under `MERGE_GAP_BYTES` (or overlaps) merged
+    into one."""
     if len(offsets) <= 1:
         return offsets, lengths
     ends = offsets + lengths
