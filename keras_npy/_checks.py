@@ -162,3 +162,22 @@ def check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value) ->
     check_padding_side("truncating", truncating)
     if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Number):
         raise TypeError(f"`pad_value` must be a number. Received: pad_value={pad_value!r}")
+
+
+def check_crop(crop_to, crop_position, pad_to) -> None:
+    """The crop arguments (`NpyDataset`'s `crop_to` and `crop_position`)."""
+    def size(d):
+        return isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
+
+    if not (crop_to is None or size(crop_to) or (
+            isinstance(crop_to, tuple) and crop_to and all(d is None or size(d) for d in crop_to)
+            and any(d is not None for d in crop_to))):
+        raise ValueError("`crop_to` must be None, a positive int (the first axis), or a tuple "
+                         "of the sample's shape with positive ints and None (an axis kept "
+                         f"whole). Received: crop_to={crop_to!r}")
+    if crop_position not in ("center", "random"):
+        raise ValueError('`crop_position` must be "center" or "random". '
+                         f"Received: crop_position={crop_position!r}")
+    if crop_to is not None and pad_to is not None:
+        raise ValueError("`crop_to` cuts samples to one shape and `pad_to` pads them; pass one "
+                         f"of them. Received: crop_to={crop_to!r}, pad_to={pad_to!r}")

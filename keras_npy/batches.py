@@ -41,7 +41,7 @@ def build_batch_source(index: DatasetIndex, spec: BatchSpec) -> "BatchSource":
     """The `BatchSource` of `spec`'s batches of an index."""
     labels_lib.check_label_mode(spec.label_mode, index.class_names)
     padding = spec.padding_spec
-    readers = {name: BatchReader(ix, padding, spec.dtype, name)
+    readers = {name: BatchReader(ix, padding, spec.dtype, name, crop=spec.crop_spec)
                for name, ix in index.inputs.items()}
     order = order_lib.Order(
         index.num_samples, spec, lengths=_bucket_lengths(index, spec.bucket_boundaries),
@@ -118,12 +118,12 @@ class BatchSource:
             window = self.order.window_ids(epoch, first)
             if window is not None:  # a block shuffle: its window's blocks, whole
                 for reader in self._all_readers:
-                    reader.prefetch(window)
+                    reader.prefetch(window, epoch)
                 advise = False
         if self._single is not None:
-            x = self._single.read(ids, advise)
+            x = self._single.read(ids, advise, epoch)
         else:
-            x = {name: reader.read(ids, advise) for name, reader in self.readers.items()}
+            x = {name: reader.read(ids, advise, epoch) for name, reader in self.readers.items()}
         if self.labels.none:
             return x
         return x, self.labels.read(ids, advise)

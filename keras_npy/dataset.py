@@ -71,6 +71,16 @@ class NpyDataset(keras.utils.PyDataset):
             `pad_value`): for targets aligned with the samples, such as a
             label per time step. Otherwise targets keep their own shape, which
             must be one shape. Defaults to `False`.
+        crop_to: `None`; an int (the first axis) or a tuple of the whole
+            sample shape, `None` for an axis kept whole: each sample of `x`
+            is cut to that shape, reading only the region's bytes from disk
+            (one read per run of contiguous bytes; no whole-sample load).
+            Every sample must be at least that large; not with `pad_to`.
+            Defaults to `None`.
+        crop_position: where the region lies: `"center"` (as
+            `keras.layers.CenterCrop`) or `"random"` (uniform, drawn from
+            `(seed, epoch, sample)`: a new region every epoch, the same on
+            every process and in both front ends). Defaults to `"center"`.
         bucket_boundaries: increasing lengths; batches hold samples whose
             first-axis lengths fall in the same bucket. Defaults to `None`.
         drop_remainder: whether a last batch smaller than `batch_size` is
@@ -141,8 +151,9 @@ class NpyDataset(keras.utils.PyDataset):
                  pad_to=None, pad_to_multiple_of=None, padding="post", truncating="post",
                  pad_value=0, pad_targets=False, bucket_boundaries=None, drop_remainder=False,
                  dtype=None, num_shards=None, shard_index=None, shuffle_block_size=None,
-                 shuffle_window=None, read_ahead_bytes=64 * 2**20, follow_links=False, verbose=True,
-                 workers=1, use_multiprocessing=False, max_queue_size=10):
+                 shuffle_window=None, read_ahead_bytes=64 * 2**20, crop_to=None,
+                 crop_position="center", follow_links=False, verbose=True, workers=1,
+                 use_multiprocessing=False, max_queue_size=10):
         spec = BatchSpec(
             batch_size=batch_size, shuffle=shuffle, seed=seed, label_mode=label_mode,
             validation_split=validation_split, subset=subset, pad_to=pad_to,
@@ -150,7 +161,8 @@ class NpyDataset(keras.utils.PyDataset):
             pad_value=pad_value, pad_targets=pad_targets, bucket_boundaries=bucket_boundaries,
             drop_remainder=drop_remainder, dtype=dtype, num_shards=num_shards,
             shard_index=shard_index, shuffle_block_size=shuffle_block_size,
-            shuffle_window=shuffle_window, read_ahead_bytes=read_ahead_bytes)
+            shuffle_window=shuffle_window, read_ahead_bytes=read_ahead_bytes, crop_to=crop_to,
+            crop_position=crop_position)
         _checks.check_workers(workers, use_multiprocessing, max_queue_size)
         source = source_of(x, y, spec, layout=layout, class_names=class_names,
                            follow_links=follow_links, verbose=verbose)

@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_npy import _checks, labels as labels_lib, shards
 from keras_npy.read import Padding
+from keras_npy.read.regions import Crop
 
 #: Bytes read ahead of the batch being read (see `keras_npy.read.prefetch`).
 READ_AHEAD_BYTES = 64 * 2**20
@@ -53,6 +54,8 @@ class BatchSpec:
     shuffle_block_size: int | None = None
     shuffle_window: int | None = None
     read_ahead_bytes: int = READ_AHEAD_BYTES
+    crop_to: object = None
+    crop_position: str = "center"
     #: Whether `seed` was given (not drawn at random): a restored state may
     #: bring its own seed only to a spec whose seed was drawn.
     seed_given: bool = dataclasses.field(default=False, init=False, compare=False, repr=False)
@@ -78,11 +81,15 @@ class BatchSpec:
         _checks.check_padding(self.pad_to, self.pad_to_multiple_of, self.padding,
                               self.truncating, self.pad_value)
         _checks.check_bool("pad_targets", self.pad_targets)
+        _checks.check_crop(self.crop_to, self.crop_position, self.pad_to)
         labels_lib.check_label_mode(self.label_mode, None)
         object.__setattr__(self, "seed_given", self.seed is not None)
         normal = {
             "seed": int(np.random.SeedSequence().entropy % 2**32) if self.seed is None else (
                 int(self.seed)),
+            "crop_to": None if self.crop_to is None else int(self.crop_to) if isinstance(
+                self.crop_to, numbers.Integral) else tuple(
+                    None if c is None else int(c) for c in self.crop_to),
             "bucket_boundaries": None if self.bucket_boundaries is None else tuple(
                 int(b) for b in self.bucket_boundaries),
             "dtype": None if self.dtype is None else np.dtype(self.dtype),
@@ -111,6 +118,11 @@ class BatchSpec:
         other = dataclasses.replace(self, seed=seed)
         object.__setattr__(other, "seed_given", self.seed_given)
         return other
+
+    @property
+    def crop_spec(self) -> Crop | None:
+        """Where samples of `x` are cut (`crop_to`), or `None`."""
+        return None if self.crop_to is None else Crop(self.crop_to, self.crop_position, self.seed)
 
     @property
     def padding_spec(self) -> Padding:

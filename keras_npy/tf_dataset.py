@@ -20,7 +20,8 @@ def npy_dataset(x, y=None, **kwargs):
             `validation_split`, `subset`, the padding and ordering arguments
             (`pad_targets` among them),
             `dtype`, `num_shards`, `shard_index`, `shuffle_block_size`,
-            `shuffle_window`, `read_ahead_bytes`, `follow_links`, `verbose`)
+            `shuffle_window`, `read_ahead_bytes`, `crop_to`, `crop_position`,
+            `follow_links`, `verbose`)
             but its worker arguments: tf.data reads in parallel itself.
 
     Returns:

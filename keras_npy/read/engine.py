@@ -29,7 +29,7 @@ import weakref
 import numpy as np
 
 from keras_npy.index import FileIndex, RowIndex
-from keras_npy.read import copies, guard, local, plan
+from keras_npy.read import copies, guard, local, plan, regions
 from keras_npy.read.buffers import POOL
 from keras_npy.read.handles import TABLE, FileFacts, MapFailed
 from keras_npy.read.padding import Padding, check_pad_value
@@ -42,6 +42,8 @@ _PROBES, _SAMPLE = 64, 8
 #: Reads between checks that the SIGBUS handler is still ours.
 _GUARD_CHECK_EVERY = 256
 _PAGE = 4096
+#: Per-sample files held open at once while their regions are read.
+_OPEN_AT_ONCE = 64
 
 
 class BatchReader:
@@ -60,14 +62,18 @@ class BatchReader:
     """
 
     def __init__(self, index: FileIndex | RowIndex, padding: Padding, dtype=None,
-                 name: str = "x", pad_argument: str = "pad_to"):
+                 name: str = "x", pad_argument: str = "pad_to",
+                 crop: regions.Crop | None = None):
         self.index, self.padding, self.name = index, padding, name
         self._pad_argument = pad_argument
         self.stored = index.dtype
         self.native = index.dtype.newbyteorder("=")
         self.dtype = np.dtype(dtype) if dtype is not None else self.native
         self.axes = padding.axes(index.sample_shape, name)
+        self._crop = crop
+        self._crop_sizes = None if crop is None else crop.sizes(index.sample_ndim, name)
         self._check_kept_axes()
+        self._crop_shape = None if crop is None else self._check_crop()
         self.pad_value = check_pad_value(padding.pad_value, self.native)
         self._rows = RowFiles(index) if isinstance(index, RowIndex) else None
         if self._rows is not None:
@@ -85,15 +91,20 @@ class BatchReader:
 
     def element_shape(self) -> tuple[int | None, ...]:
         """The shape of one sample of a batch, `None` where batches vary."""
+        if self._crop_shape is not None:
+            return self._crop_shape
         return tuple(known if spec is None or spec == "longest" else spec
                      for spec, known in zip(self.axes, self.index.sample_shape))
 
-    def read(self, ids, advise: bool = False) -> np.ndarray:
+    def read(self, ids, advise: bool = False, epoch: int = 0) -> np.ndarray:
         """The samples `ids` (an `int64` array, or a `range` of consecutive
         samples), stacked in that order: shape `(len(ids), ...)`. With
         `advise`, the batch's reads are started together first when its bytes
-        are not in the page cache (a batch that nothing read ahead)."""
-        if self._rows is not None:
+        are not in the page cache (a batch that nothing read ahead). `epoch`
+        places random crops."""
+        if self._crop is not None:
+            out = self._read_crops(_ids_array(ids), advise, epoch)
+        elif self._rows is not None:
             if self._plain and type(ids) is range:
                 out = self._rows.read_range(ids, self.native)
                 if out is not None:
@@ -103,18 +114,23 @@ class BatchReader:
             out = self._read_files(np.asarray(ids, np.int64), advise)
         return out if self.dtype == self.native else out.astype(self.dtype)
 
-    def prefetch(self, ids) -> int:
-        """Starts reading the bytes of samples `ids` into the page cache in the
-        background, unless probes find them there; returns the pages asked for
-        (0 when cached, or where the system takes no such hint)."""
+    def prefetch(self, ids, epoch: int = 0) -> int:
+        """Starts reading the bytes of samples `ids` (of `epoch`, for random
+        crops) into the page cache in the background, unless probes find them
+        there; returns the pages asked for (0 when cached, or where the
+        system takes no such hint)."""
         if not local.can_advise() or len(ids) == 0:
             return 0
+        if self._crop is not None:
+            return self._prefetch_crops(_ids_array(ids), epoch)
         if self._rows is not None:
             return self._rows.prefetch(plan.plan_rows(self._rows.starts, ids))
         return _prefetch_files(self.index, np.asarray(ids, np.int64))
 
     def nbytes(self, ids) -> int:
-        """The data bytes of samples `ids`, as stored."""
+        """The data bytes of samples `ids`, as stored (of their regions, cropped)."""
+        if self._crop_shape is not None:
+            return len(ids) * int(np.prod(self._crop_shape)) * self.stored.itemsize
         if self._rows is not None:
             return len(ids) * self.index.row_nbytes
         shapes = self.index.shapes[np.asarray(ids, np.int64)]
@@ -128,6 +144,8 @@ class BatchReader:
 
     def _check_kept_axes(self) -> None:
         for axis, (spec, size) in enumerate(zip(self.axes, self.index.sample_shape)):
+            if self._crop_sizes is not None and self._crop_sizes[axis] is not None:
+                continue  # cut to one size
             if spec is None and size is None:
                 shapes = self.index.shapes[:, axis]
                 a, b = int(np.argmin(shapes)), int(np.argmax(shapes))
@@ -140,10 +158,61 @@ class BatchReader:
                                      "`pad_targets=True` pads them as x is padded (`pad_to`, "
                                      "`padding`, `truncating`, `pad_value`). "
                                      "Received: pad_targets=False")
+                if self._crop is not None:
+                    raise ValueError(f"{found} `crop_to` keeps axis {axis} whole; give it a "
+                                     "size there too, to cut every sample to one shape. "
+                                     f"Received: crop_to={self._crop.crop_to!r}")
                 raise ValueError(
                     f"{found} Pass `pad_to` to pad them to one shape per batch: "
                     f"pad_to=\"longest\", an int, or a tuple. "
                     f"Received: pad_to={self.padding.pad_to!r}")
+
+    def _check_crop(self) -> tuple[int, ...]:
+        """The shape of a cropped sample; a crop larger than a sample is an
+        error that names the sample's file."""
+        index, sizes = self.index, self._crop_sizes
+        if isinstance(index, RowIndex):
+            shapes = np.array([index.row_shape], np.int64)
+        else:
+            shapes = index.shapes
+        crop = np.array([-1 if c is None else c for c in sizes], np.int64)
+        short = (shapes < crop).any(axis=1)
+        if short.any():
+            k = int(np.argmax(short))
+            path = index.paths[k if isinstance(index, FileIndex) else 0]
+            shape = tuple(shapes[k].tolist())
+            raise ValueError(
+                f"{path}: `crop_to` cuts samples of {self.name} to {_shape_text(sizes)}, larger "
+                f"than this sample, of shape {shape}: a crop must fit in every sample (pad "
+                f"them first, or crop less). Received: crop_to={self._crop.crop_to!r}")
+        return tuple(int(c) if c is not None else int(shapes[0, j]) for j, c in enumerate(sizes))
+
+    # Crops.
+
+    def _read_crops(self, ids: np.ndarray, advise: bool, epoch: int) -> np.ndarray:
+        n = len(ids)
+        out = POOL.empty((n, *self._crop_shape), self.stored)
+        if n == 0 or out.size == 0:
+            return out if self.stored == self.native else out.astype(self.native)
+        shapes = self.index.sample_shapes(ids)
+        offsets = self._crop.offsets(ids, shapes, self._crop_sizes, epoch)
+        if self._rows is not None:
+            parts = plan.plan_regions(self._rows.starts, ids, offsets, self._crop_sizes)
+            if advise:
+                self._rows.prefetch(parts)
+            for part in parts:
+                self._rows.read(part, out)
+        else:
+            _FileRegions(self.index, self._crop_sizes).read(ids, shapes, offsets, out, advise)
+        return out if self.stored == self.native else out.astype(self.native)
+
+    def _prefetch_crops(self, ids: np.ndarray, epoch: int) -> int:
+        shapes = self.index.sample_shapes(ids)
+        offsets = self._crop.offsets(ids, shapes, self._crop_sizes, epoch)
+        if self._rows is not None:
+            return self._rows.prefetch(
+                plan.plan_regions(self._rows.starts, ids, offsets, self._crop_sizes))
+        return _FileRegions(self.index, self._crop_sizes).prefetch(ids, shapes, offsets)
 
     # Rows.
 
@@ -298,6 +367,10 @@ class RowFiles:
                         rows[part.row:part.row + part.count])
         elif isinstance(part, plan.Windows):
             copy_windows(rows, part, into)
+        elif isinstance(part, plan.Regions):
+            shape = rows.shape[1:]
+            for slot, row, offsets in zip(part.slots.tolist(), part.rows.tolist(), part.offsets):
+                into[slot] = rows[row][regions.region(offsets, part.sizes, shape)]
         elif part.slots is None:
             # The rows lie in the file (planned so): mode="clip" spares numpy the
             # copy through a temporary that the default mode makes with `out`.
@@ -321,6 +394,13 @@ class RowFiles:
             return
         if isinstance(part, plan.Windows):
             return self._pread_windows(facts, fd, part, into)
+        if isinstance(part, plan.Regions):
+            for slot, row, offsets in zip(part.slots.tolist(), part.rows.tolist(), part.offsets):
+                starts, length = regions.runs(self.index.row_shape, part.sizes, offsets,
+                                              self.index.dtype.itemsize)
+                local.pread_runs(facts.path, fd, target[slot],
+                                 facts.data_offset + row * self.row_nbytes + starts, length)
+            return None
         slots = _slots(part)
         order, run_starts, lengths = plan.adjacent_runs(part.rows)
         ordered = part.rows[order]
@@ -345,6 +425,19 @@ class RowFiles:
             local.pread_into(facts.path, fd, [scratch], offset)
             into[slot] = scratch.view(into.dtype).reshape(part.span, *into.shape[2:])[::part.rate]
 
+    def _extents(self, part) -> tuple[np.ndarray, np.ndarray]:
+        """`(offsets, lengths)` of a part's bytes from the file's first data
+        byte, sorted and merged (see `plan.row_extents`)."""
+        if not isinstance(part, plan.Regions):
+            return plan.row_extents(part, self.row_nbytes)
+        itemsize, shape = self.index.dtype.itemsize, self.index.row_shape
+        starts = []
+        for row, offsets in zip(part.rows.tolist(), part.offsets):
+            runs, length = regions.runs(shape, part.sizes, offsets, itemsize)
+            starts.append(row * self.row_nbytes + runs)
+        starts = np.sort(np.concatenate(starts))
+        return plan.merge_extents(starts, np.full(len(starts), length, np.int64))
+
     def prefetch(self, parts: list) -> int:
         """Advises the kernel of the stretches of bytes of `parts` that are not
         all in the page cache; returns the pages asked for that were not."""
@@ -355,12 +448,119 @@ class RowFiles:
                 continue  # strided rows: a stretch per element is not worth asking for
             facts = self.facts[f]
             opened = TABLE.get(self.keys[f], facts)
-            offsets, lengths = plan.row_extents(part, self.row_nbytes)
+            offsets, lengths = self._extents(part)
             for offset, length, missing in _not_cached(opened, offsets.tolist(),
                                                        lengths.tolist()):
                 local.advise(opened.fd, facts.data_offset + offset, length)
                 pages += missing
         return pages
+
+
+def _ids_array(ids) -> np.ndarray:
+    if isinstance(ids, range):
+        return np.arange(ids.start, ids.stop, dtype=np.int64)
+    return np.asarray(ids, np.int64)
+
+
+def _shape_text(sizes: tuple) -> str:
+    return "(" + ", ".join("any" if c is None else str(c) for c in sizes) + (
+        ",)" if len(sizes) == 1 else ")")
+
+
+class _FileRegions:
+    """Regions of per-sample files: each file opened once, its header checked
+    against the index (the one read of bytes outside the region), and its
+    region's runs read into the batch (`regions.runs`); Fortran-order files
+    are read whole and cut in memory."""
+
+    def __init__(self, index: FileIndex, sizes: tuple):
+        self.index, self.sizes, self.itemsize = index, sizes, index.dtype.itemsize
+
+    def _runs(self, shape, offsets):
+        return regions.runs(shape, self.sizes, offsets, self.itemsize)
+
+    def read(self, ids: np.ndarray, shapes: np.ndarray, offsets: np.ndarray, out: np.ndarray,
+             advise: bool) -> None:
+        index, target = self.index, out.reshape(len(out), -1).view(np.uint8)
+        paths = index.paths.select(ids)
+        for first in range(0, len(ids), _OPEN_AT_ONCE):
+            chunk = range(first, min(len(ids), first + _OPEN_AT_ONCE))
+            fds = []
+            try:
+                for k in chunk:
+                    fds.append(_open(paths[k]))
+                if advise:
+                    for fd, k in zip(fds, chunk):
+                        self._advise(fd, int(ids[k]), shapes[k], offsets[k])
+                for fd, k in zip(fds, chunk):
+                    self._read_one(fd, paths[k], int(ids[k]), shapes[k], offsets[k], out, target[k])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def _read_one(self, fd: int, path: str, i: int, shape, offsets, out, target) -> None:
+        index = self.index
+        head, shape = int(index.data_offsets[i]), tuple(shape.tolist())
+        wanted = head + math.prod(shape) * self.itemsize
+        try:
+            header, size = os.pread(fd, head, 0), os.fstat(fd).st_size
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
+        if local.header_crc32(header) != int(index.header_crc32[i]) or size != wanted:
+            _check_changed(index, i)  # raises unless the header means the same
+            if size != wanted:
+                raise local.ShortRead(f"{path}: expected {wanted} bytes, found {size}; the file "
+                                      "changed after the dataset was built.")
+        if index.fortran_order[i]:  # strided on disk: read whole, cut in memory
+            whole = np.empty(wanted - head, np.uint8)
+            local.pread_into(path, fd, [whole], head)
+            sample = whole.view(index.dtype).reshape(shape, order="F")
+            slot = target.view(index.dtype).reshape(out.shape[1:])
+            slot[...] = sample[regions.region(offsets, self.sizes, shape)]
+            return
+        starts, length = self._runs(shape, offsets)
+        local.pread_runs(path, fd, target, head + starts, length)
+
+    def _advise(self, fd: int, i: int, shape, offsets) -> int:
+        head = int(self.index.data_offsets[i])
+        if self.index.fortran_order[i]:
+            size = math.prod(shape.tolist()) * self.itemsize
+            local.advise(fd, head, size)
+            return _pages(head, size)
+        starts, length = self._runs(tuple(shape.tolist()), offsets)
+        merged, lengths = plan.merge_extents(starts, np.full(len(starts), length, np.int64))
+        pages = 0
+        for offset, nbytes in zip(merged.tolist(), lengths.tolist()):
+            local.advise(fd, head + offset, nbytes)
+            pages += _pages(head + offset, nbytes)
+        return pages
+
+    def prefetch(self, ids: np.ndarray, shapes: np.ndarray, offsets: np.ndarray) -> int:
+        """Advises the kernel of the regions' pages (open, advise, close),
+        unless a probe finds the first region cached; returns the pages asked for."""
+        paths = self.index.paths.select(ids)
+        pages = 0
+        for k, path in enumerate(paths):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # the read reports it, with the file's name
+            try:
+                if k == 0:
+                    starts, _ = self._runs(tuple(shapes[0].tolist()), offsets[0])
+                    if local.cached(fd, int(self.index.data_offsets[ids[0]]) + int(starts[0])):
+                        return 0
+                pages += self._advise(fd, int(ids[k]), shapes[k], offsets[k])
+            finally:
+                os.close(fd)
+        return pages
+
+
+def _open(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
 
 
 def copy_windows(rows: np.ndarray, part, into: np.ndarray) -> None:

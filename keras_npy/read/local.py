@@ -48,6 +48,14 @@ def pread_into(path: str, fd: int, buffers: list, offset: int) -> None:
         offset += wanted
 
 
+def pread_runs(path: str, fd: int, target: np.ndarray, offsets: np.ndarray,
+               length: int) -> None:
+    """Fills `target` (bytes) with runs of `length` bytes from `offsets` of the
+    open file `fd`, one after the other: a region of a sample (`regions`)."""
+    for k, offset in enumerate(offsets.tolist()):
+        pread_into(path, fd, [target[k * length:(k + 1) * length]], offset)
+
+
 def read_samples(paths: list[str], heads: list[int], buffers: list, nbytes: list[int],
                  crcs: list[int]) -> int:
     """Reads per-sample files, each in one `preadv` from byte 0: its header

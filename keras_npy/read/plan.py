@@ -74,6 +74,33 @@ def plan_windows(starts: list[int], ids: np.ndarray, length: int, rate: int) -> 
             for f in np.unique(files).tolist() for slots in [np.flatnonzero(files == f)]]
 
 
+class Regions(NamedTuple):
+    """A region of each of rows `rows` (numbers within file `file`), into
+    `slots`: region `k` starts at `offsets[k]` (one index per axis of a row)
+    and has `sizes` (`None`: the axis whole); see `regions`."""
+
+    file: int
+    rows: np.ndarray
+    slots: np.ndarray
+    offsets: np.ndarray
+    sizes: tuple
+
+
+def plan_regions(starts: list[int], ids, offsets: np.ndarray, sizes: tuple) -> list[Regions]:
+    """The parts of a batch of cropped rows: those of `plan_rows`, each row
+    with the offsets of its region."""
+    parts = []
+    for part in plan_rows(starts, ids):
+        if isinstance(part, Run):
+            rows = np.arange(part.row, part.row + part.count)
+            slots = np.arange(part.slot, part.slot + part.count)
+        else:
+            rows = part.rows
+            slots = np.arange(len(rows)) if part.slots is None else part.slots
+        parts.append(Regions(part.file, rows, slots, offsets[slots], sizes))
+    return parts
+
+
 def plan_rows(starts: list[int], ids) -> list:
     """The parts of a batch of rows.
 

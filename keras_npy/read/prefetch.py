@@ -122,7 +122,7 @@ class ReadAhead:
         self._next_probe = last + PROBE_STRIDE
         j = min(last + PROBE_DISTANCE, num_batches - 1)
         ids = ids_of(epoch, j, True) if j > last else ()
-        if len(ids) and sum(reader.prefetch(ids) for reader in readers):
+        if len(ids) and sum(reader.prefetch(ids, epoch) for reader in readers):
             with self._lock:  # on disk after all: a window from here on
                 self._warm, self._cached_streak = False, 0
                 self._reset(epoch, last)
@@ -151,7 +151,7 @@ class ReadAhead:
                 self._until, self._fresh = self._until + 1, False
             ids = ids_of(epoch, j, fresh)
             nbytes = sum(reader.nbytes(ids) for reader in readers)
-            pages = sum(reader.prefetch(ids) for reader in readers)
+            pages = sum(reader.prefetch(ids, epoch) for reader in readers)
             with self._lock:
                 self.pages_advised += pages
                 self.batches_ahead += 1

@@ -88,7 +88,7 @@ class WindowReader:
         """The shape of one window: `(length, *row shape)`."""
         return (self.length, *self.row_shape)
 
-    def read(self, ids, advise: bool = False) -> np.ndarray:
+    def read(self, ids, advise: bool = False, epoch: int = 0) -> np.ndarray:
         """Windows `ids` (an `int64` array or a `range`), stacked in that
         order: shape `(len(ids), length, *row shape)`."""
         series, rows = self.table.locate(_array(ids))
@@ -107,7 +107,7 @@ class WindowReader:
                 self._files.read(part, out)
         return out if self.dtype == out.dtype else out.astype(self.dtype)
 
-    def prefetch(self, ids) -> int:
+    def prefetch(self, ids, epoch: int = 0) -> int:
         """Starts reading the rows of windows `ids` into the page cache (see
         `BatchReader.prefetch`); returns the pages asked for."""
         if self._files is None or not local.can_advise() or len(ids) == 0:
@@ -159,7 +159,7 @@ class TargetReader:
             out[slots] = self._arrays[s][rows[slots]]
         return out
 
-    def prefetch(self, ids) -> int:
+    def prefetch(self, ids, epoch: int = 0) -> int:
         if self._rows is None or len(ids) == 0:
             return 0
         series, rows = self._rows_of(ids)
