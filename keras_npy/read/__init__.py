@@ -2,6 +2,8 @@
 
 - `engine`: `BatchReader.read(ids)`, the one entry, and `prefetch(ids)`.
 - `plan`: which rows of which files go to which slots, and which bytes.
+- `windows`: windows of series (`npy_timeseries_dataset`), one copy each.
+- `regions`: crops: which region of each sample, and which bytes that is.
 - `local`: `preadv` that names the file, and hints to the kernel.
 - `handles`: open files and memory maps of rows files, per process.
 - `guard`: memory maps whose reads cannot kill the process.
