@@ -82,7 +82,8 @@ class WindowReader:
         self.dtype = np.dtype(dtype) if dtype is not None else self.native
         self.row_shape = tuple(first.row_shape if self._files is not None else first.shape[1:])
         self.row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.stored.itemsize
-        self._starts = self._files.starts if self._files is not None else None
+        self._starts = None if self._files is None else np.asarray(self._files.starts, np.int64)
+        self._starts_list = None if self._files is None else self._files.starts
 
     def element_shape(self) -> tuple[int, ...]:
         """The shape of one window: `(length, *row shape)`."""
@@ -99,7 +100,7 @@ class WindowReader:
             for part in _array_parts(series, rows, self.length, self.rate):
                 copy_windows(self._arrays[part.file], part, out)
         else:
-            parts = plan.plan_windows(self._starts, np.asarray(self._starts)[series] + rows,
+            parts = plan.plan_windows(self._starts_list, self._starts[series] + rows,
                                       self.length, self.rate)
             if advise:
                 self._files.prefetch(parts)
@@ -114,7 +115,7 @@ class WindowReader:
             return 0
         series, rows = self.table.locate(_array(ids))
         return self._files.prefetch(plan.plan_windows(
-            self._starts, np.asarray(self._starts)[series] + rows, self.length, self.rate))
+            self._starts_list, self._starts[series] + rows, self.length, self.rate))
 
     def nbytes(self, ids) -> int:
         """The bytes of the rows windows `ids` span, as stored (counted once
