@@ -22,6 +22,8 @@ import numpy as np
 
 _IOV_MAX = 1024  # Linux's limit on buffers per preadv call
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+#: The most bytes asked for in one `posix_fadvise(WILLNEED)` call (see `advise`).
+ADVISE_BYTES = 8 * 2**20
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 _PROBE = bytearray(1)  # what probes read into; its content is never used
 
@@ -99,11 +101,19 @@ def header_crc32(head: bytes | bytearray) -> int:
 def advise(fd: int, offset: int, nbytes: int) -> None:
     """Asks the kernel to start reading bytes `offset` to `offset + nbytes` into
     the page cache, without waiting for them."""
-    if _WILLNEED is not None and nbytes > 0:
+    if _WILLNEED is None:
+        return
+    end = offset + nbytes
+    # Linux starts at most the device's read-ahead size (8 MiB here) per call
+    # and drops the rest: a 256 MiB stretch advised at once arrived at 86
+    # MiB/s, in 8 MiB pieces at 3,800 MiB/s.
+    while offset < end:
+        piece = min(end - offset, ADVISE_BYTES)
         try:
-            os.posix_fadvise(fd, offset, nbytes, _WILLNEED)
+            os.posix_fadvise(fd, offset, piece, _WILLNEED)
         except OSError:  # a hint: a file system that refuses it reads on demand
-            pass
+            return
+        offset += piece
 
 
 def cached(fd: int, offset: int) -> bool | None:

@@ -143,18 +143,6 @@ def _runs(starts: list[int], first: int, count: int, slot: int) -> list[Run]:
     return parts
 
 
-def window_view(rows: np.ndarray, length: int, rate: int) -> np.ndarray:
-    """Every window of `rows` (a file's rows, or an array) as a read-only
-    view of shape `(windows, length, *row shape)`: `view[r]` is rows `r, r +
-    rate, ..., r + (length - 1) * rate`, so that one `take` copies each
-    window's rows from the map (or array) once, subsampled on the way."""
-    count = max(0, len(rows) - (length - 1) * rate)
-    step = rows.strides[0]
-    return np.lib.stride_tricks.as_strided(
-        rows, (count, length, *rows.shape[1:]), (step, rate * step, *rows.strides[1:]),
-        writeable=False)
-
-
 def adjacent_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For scattered rows: `(order, starts, lengths)`: `rows[order]` sorted, cut
     into runs of adjacent rows (`starts` index into the sorted rows)."""
