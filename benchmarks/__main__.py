@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks import (cold, common, files, fit, index, limits, memory, resume, rows, scale,
-                        sequences)
+from benchmarks import (cold, common, crops, files, fit, index, limits, memory, resume, rows,
+                        scale, sequences, windows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
                                 args.scale_max or (10_000 if quick else 1_000_000))
         if "resume" in chosen:
             resume.run(results, root, 10_000 if quick else 1_000_000)
+        if "windows" in chosen:  # a (10^6, 14) float32 series
+            windows.run(results, root, max(8192, int(10**6 * size)), tf)
+        if "crops" in chosen:  # samples of 4 MiB, as files and as one rows file
+            crops.run(results, root, max(2 * crops.BATCH, int(192 * size)))
         results.finish()  # the last group's rates, while its files are there
     return _report(args, time.perf_counter() - started,
                    [dataclasses.asdict(f) for f in results.figures], scaling)
@@ -132,7 +136,7 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
 
 
 GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale",
-          "resume")
+          "resume", "windows", "crops")
 
 
 def format_table(figures: list[dict]) -> str:
