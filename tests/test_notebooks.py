@@ -13,7 +13,7 @@ depend on the machine, and warnings, which name local paths) and keras_npy's pro
 
 After changing a notebook, or what it prints, store the outputs of a fresh run:
 
-    .venv/bin/python tests/test_notebooks.py            # all four, a few minutes
+    .venv/bin/python tests/test_notebooks.py            # all five, a few minutes
     .venv/bin/python tests/test_notebooks.py quickstart # or some of them
 
 It writes a notebook only when it ran without errors and its checks held.
@@ -34,7 +34,7 @@ from nbclient import NotebookClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 SMALL = {"KERAS_NPY_NOTEBOOK_SAMPLES": "120", "KERAS_NPY_NOTEBOOK_GB": "0.05",
-         "KERAS_NPY_TIMESERIES_GB": "0.0024"}
+         "KERAS_NPY_TIMESERIES_GB": "0.0024", "KERAS_NPY_WEATHER_ROWS": "10000"}
 MAX_BYTES = 150_000  # a stored notebook, outputs and plots included
 
 # Run in the notebook's kernel after its last cell; an AssertionError fails the test.
@@ -64,6 +64,27 @@ for path in ["signals/class_0/0000.npy", "signals/class_1/0001.npy", "signals/cl
 accuracy = history.history["val_sparse_categorical_accuracy"]
 assert max(accuracy) > 0.8, accuracy
 """,
+    "timeseries_weather_forecasting_swap.ipynb": """
+import itertools
+# The batches of Keras' function on the tutorial's in-memory arrays, batch for batch.
+x_train = features[:train_split]
+y_train = features[past + future:past + future + train_split, [1]]
+x_val = features[train_split:num_rows - past - future]
+y_val = features[train_split + past + future:, [1]]
+for ours, x, y in ((dataset_train, x_train, y_train), (dataset_val, x_val, y_val)):
+    theirs = keras.utils.timeseries_dataset_from_array(
+        x, y, sequence_length=sequence_length, sampling_rate=step, batch_size=batch_size)
+    for count, (a, b) in enumerate(itertools.zip_longest(ours, theirs)):
+        assert a is not None and b is not None, count  # as many batches
+        np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+    assert count > 3, count
+val_loss = history.history["val_loss"]
+assert len(val_loss) == epochs, val_loss
+assert val_loss[-1] < 0.9 * val_loss_before, (val_loss_before, val_loss)  # training helped
+if num_rows >= 50_000:  # the stored run: well below the naive baseline
+    assert val_loss[-1] < 0.5 * naive_mse, (naive_mse, val_loss)
+""",
 }
 # What the cell whose source contains the key prints (the fresh run's text, unmasked).
 PRINTED = {
@@ -78,7 +99,8 @@ _PROGRESS = re.compile(r"^[\d,]+/[\d,]+ \w+s, [\d,]+ \w+s/s$")  # keras_npy.inde
 def test_the_notebooks_are_there():
     names = [os.path.basename(path) for path in NOTEBOOKS]
     assert names == ["image_classification_swap.ipynb", "large_arrays.ipynb",
-                     "quickstart.ipynb", "timeseries_classification_swap.ipynb"]
+                     "quickstart.ipynb", "timeseries_classification_swap.ipynb",
+                     "timeseries_weather_forecasting_swap.ipynb"]
     assert sorted(CHECKS) == names
 
 
