@@ -243,9 +243,9 @@ def _warm(results: Results, path: str, rows: int, k: int, tf, tf_format: bool) -
 
 
 def _take(data: np.ndarray, k: int) -> None:
-    steps = np.arange(LENGTH)
-    for start in range(0, k * BATCH, BATCH):
-        data.take(np.arange(start, start + BATCH)[:, None] + steps, axis=0)
+    steps, count = np.arange(LENGTH), len(data) - LENGTH + 1  # the windows there are
+    for start in range(0, min(k * BATCH, count), BATCH):
+        data.take(np.arange(start, min(start + BATCH, count))[:, None] + steps, axis=0)
 
 
 def _affordable(path: str, stride: int) -> int:

@@ -164,7 +164,7 @@ def check_padding(pad_to, pad_to_multiple_of, padding, truncating, pad_value) ->
         raise TypeError(f"`pad_value` must be a number. Received: pad_value={pad_value!r}")
 
 
-def check_crop(crop_to, crop_position, pad_to) -> None:
+def check_crop(crop_to, crop_position, pad_to, pad_targets=False) -> None:
     """The crop arguments (`NpyDataset`'s `crop_to` and `crop_position`)."""
     def size(d):
         return isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
@@ -181,3 +181,7 @@ def check_crop(crop_to, crop_position, pad_to) -> None:
     if crop_to is not None and pad_to is not None:
         raise ValueError("`crop_to` cuts samples to one shape and `pad_to` pads them; pass one "
                          f"of them. Received: crop_to={crop_to!r}, pad_to={pad_to!r}")
+    if crop_to is not None and pad_targets:
+        raise ValueError("`crop_to` cuts the samples of x, not targets, and `pad_targets` pads "
+                         "targets as x is padded: pass one of them. "
+                         f"Received: crop_to={crop_to!r}, pad_targets=True")

@@ -80,6 +80,8 @@ class BatchSource:
         if seed != self.seed:
             self.spec = self.spec.with_seed(seed)
             self.order, self.seed = self.order.with_spec(self.spec), self.spec.seed
+            for reader in self.readers.values():
+                reader.reseed(self.seed)  # random crops are drawn from the seed too
 
     def file_paths(self) -> list[str]:
         """The files in unshuffled order: one per sample of this subset and

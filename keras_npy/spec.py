@@ -81,7 +81,7 @@ class BatchSpec:
         _checks.check_padding(self.pad_to, self.pad_to_multiple_of, self.padding,
                               self.truncating, self.pad_value)
         _checks.check_bool("pad_targets", self.pad_targets)
-        _checks.check_crop(self.crop_to, self.crop_position, self.pad_to)
+        _checks.check_crop(self.crop_to, self.crop_position, self.pad_to, self.pad_targets)
         labels_lib.check_label_mode(self.label_mode, None)
         object.__setattr__(self, "seed_given", self.seed is not None)
         normal = {

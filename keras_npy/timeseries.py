@@ -51,7 +51,9 @@ def npy_timeseries_dataset(data, targets, sequence_length, sequence_stride=1, sa
         data: a `.npy` path whose rows (axis 0) are the time steps; a list of
             paths, a directory or a glob: several series (files sorted by
             name), whose windows never cross from one file into the next; or
-            an array (or a list of arrays, several series), as Keras takes.
+            an array, as Keras takes (a list of numpy arrays is several
+            series, not the rows of one; a Python list of numbers becomes an
+            array as `np.asarray` makes it, float64 or int64).
         targets: `None`; an array (a list of arrays for several series) or
             `.npy` path(s), one file per series, row-aligned with it:
             `targets[i]` is the target of the window that starts at row `i`.
@@ -86,10 +88,13 @@ def npy_timeseries_dataset(data, targets, sequence_length, sequence_stride=1, sa
         A `tf.data.Dataset` or an `NpyDataset` of `(windows, targets)`
         batches, or of windows without `targets`: windows of shape `(batch,
         sequence_length, *row shape)`, targets of `(batch, *target row
-        shape)`. Both have `file_paths` (the series' files) and
-        `get_state()` / `set_state(state)`.
+        shape)`. Both have `file_paths` (the series' files) and, unless
+        `batch_size=None`, `get_state()` / `set_state(state)`.
 
     Raises:
+        TypeError: `sequence_length`, `sequence_stride`, `sampling_rate`,
+            `start_index` or `end_index` is not an integer (or `None`, for
+            the last two).
         ValueError: arguments Keras refuses (with Keras' message, after the
             file it is about), a window longer than a series, targets
             shorter than the windows need, series that differ in dtype or
@@ -113,6 +118,10 @@ def npy_timeseries_dataset(data, targets, sequence_length, sequence_stride=1, sa
     if batch_size is None and format == "pydataset":
         raise ValueError('An NpyDataset (format="pydataset") yields batches: `batch_size` '
                          'must be an integer. Received: batch_size=None')
+    if batch_size is None and drop_remainder:
+        raise ValueError("`drop_remainder` drops a last, smaller batch; with batch_size=None "
+                         "windows come one by one. Received: batch_size=None, "
+                         "drop_remainder=True")
     _checks.check_workers(workers, use_multiprocessing, max_queue_size)
     if format == "tf" and (workers, use_multiprocessing, max_queue_size) != (1, False, 10):
         raise ValueError('`workers`, `use_multiprocessing` and `max_queue_size` set the reading '
@@ -134,7 +143,11 @@ def npy_timeseries_dataset(data, targets, sequence_length, sequence_stride=1, sa
     from keras_npy.tf_pipeline import public_dataset
 
     dataset = public_dataset(source)
-    return dataset.unbatch() if batch_size is None else dataset
+    if batch_size is None:
+        unbatched = dataset.unbatch()
+        unbatched.file_paths = dataset.file_paths
+        return unbatched
+    return dataset
 
 
 def _check_window_arguments(sequence_length, sequence_stride, sampling_rate, start_index,
@@ -209,8 +222,9 @@ def _window_source(data, targets, sequence_length, stride, rate, start_index, en
                          f"{len(target_series.lengths)} ({_first(target_series.names)}).")
     first_rows, counts = [], []
     for k, (name, length) in enumerate(zip(series.names, series.lengths)):
-        start, end = _keras_checks(name if series.in_files else None, length, start_index,
-                                   end_index, rate, stride)
+        named = series.in_files or len(series.names) > 1
+        start, end = _keras_checks(name if named else None, length, start_index, end_index,
+                                   rate, stride)
         num_seqs = end - start - (sequence_length - 1) * rate
         if num_seqs <= 0:
             raise ValueError(

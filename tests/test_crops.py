@@ -119,8 +119,8 @@ def test_only_the_regions_bytes_are_read(images, monkeypatch):
         return real(fd, buffers, offset, *args)
 
     monkeypatch.setattr(local.os, "preadv", counted)
-    crop_bytes = 12 * 6 * 4 * 3 * 4
-    ds = NpyDataset(folder, batch_size=12, crop_to=(6, 4, None))
+    crop_bytes = 12 * 6 * 8 * 3 * 4
+    ds = NpyDataset(folder, batch_size=12, crop_to=(6, 8, None))
     heads = ds.index.x.data_offsets.sum()
     real_pread, headers = os.pread, []
     monkeypatch.setattr(os, "pread", lambda fd, n, o: headers.append(n) or real_pread(fd, n, o))
@@ -131,7 +131,7 @@ def test_only_the_regions_bytes_are_read(images, monkeypatch):
     handles.TABLE.clear()
     monkeypatch.setattr(guard._GUARD, "_usable", False)
     read.clear()
-    NpyDataset(rows, batch_size=12, crop_to=(6, 4, None))[0]
+    NpyDataset(rows, batch_size=12, crop_to=(6, 8, None))[0]
     assert sum(read) == crop_bytes
     handles.TABLE.clear()
 
@@ -150,6 +150,21 @@ def test_read_ahead_asks_for_the_regions_pages_only(images, monkeypatch):
     assert asked == [(head + 9 * row + 6 * 12, row + 4 * 12)] * 3
 
 
+@pytest.mark.parametrize("front", ["pydataset", "tf"])
+def test_a_restored_state_brings_its_seed_to_the_crops(images, front):
+    rows, _, _ = images
+    kwargs = dict(batch_size=4, shuffle=True, crop_to=(5, 5, None), crop_position="random")
+    ds = NpyDataset(rows, **kwargs)  # a seed drawn at random
+    ds.on_epoch_end()
+    state, expected = ds.get_state(), [ds[i] for i in range(len(ds))]
+    restored = NpyDataset(rows, **kwargs) if front == "pydataset" else npy_dataset(rows, **kwargs)
+    restored.set_state(state)
+    found = ([restored[i] for i in range(len(restored))] if front == "pydataset"
+             else list(restored.as_numpy_iterator()))
+    for a, b in zip(found, expected):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_errors_name_the_file_and_argument(images, tmp_path):
     rows, folder, _ = images
     save(str(tmp_path / "small" / "a.npy"), np.zeros((20, 16, 3), "int32"))
@@ -159,13 +174,14 @@ def test_errors_name_the_file_and_argument(images, tmp_path):
         NpyDataset(str(tmp_path / "small"), crop_to=(9, 6, None))
     assert str(info.value) == (
         f"{small}: `crop_to` cuts samples of x to (9, 6, any), larger than this sample, of "
-        "shape (8, 16, 3): a crop must fit in every sample (pad them first, or crop less). "
+        "shape (8, 16, 3): a crop must fit in every sample (pad the files first, or crop less). "
         "Received: crop_to=(9, 6, None)")
     with pytest.raises(ValueError) as info:
         NpyDataset(rows, crop_to=(9, 17, None))
     assert str(info.value) == (
         f"{rows}: `crop_to` cuts samples of x to (9, 17, any), larger than this sample, of "
-        "shape (20, 16, 3): a crop must fit in every sample (pad them first, or crop less). "
+        "shape (20, 16, 3): a crop must fit in every sample (pad the files first, or crop "
+        "less). "
         "Received: crop_to=(9, 17, None)")
     with pytest.raises(ValueError) as info:
         NpyDataset(str(tmp_path / "small"), crop_to=(None, 6, None))
@@ -192,6 +208,11 @@ def test_errors_name_the_file_and_argument(images, tmp_path):
         NpyDataset(rows, crop_to=4, crop_position="middle")
     assert str(info.value) == ('`crop_position` must be "center" or "random". '
                                "Received: crop_position='middle'")
+    with pytest.raises(ValueError) as info:
+        NpyDataset(rows, y=rows, crop_to=4, pad_targets=True)
+    assert str(info.value) == (
+        "`crop_to` cuts the samples of x, not targets, and `pad_targets` pads targets as x is "
+        "padded: pass one of them. Received: crop_to=4, pad_targets=True")
     with pytest.raises(ValueError) as info:
         NpyDataset(rows, crop_to=4, pad_to=6)
     assert str(info.value) == ("`crop_to` cuts samples to one shape and `pad_to` pads them; "

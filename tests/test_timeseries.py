@@ -168,6 +168,7 @@ def test_unbatched_windows(series):
     case = dict(sequence_length=20, sequence_stride=7, batch_size=None)
     ours = list(npy_timeseries_dataset(x_path, y_path, **case).as_numpy_iterator())
     _assert_same(ours, _keras(x, y, **case))
+    assert npy_timeseries_dataset(x_path, y_path, **case).file_paths == [x_path]
 
 
 def test_fit_trains_as_on_keras_windows(series):
@@ -276,6 +277,12 @@ def test_other_errors_name_the_file_or_argument(series, tmp_path):
         "`workers`, `use_multiprocessing` and `max_queue_size` set the reading workers of an "
         'NpyDataset (format="pydataset"); tf.data reads in parallel itself. '
         'Received: format="tf"')
+    assert _error(x_path, None, sequence_length=5, batch_size=None, drop_remainder=True) == (
+        "`drop_remainder` drops a last, smaller batch; with batch_size=None windows come one "
+        "by one. Received: batch_size=None, drop_remainder=True")
+    assert _error([x, x[:10]], None, sequence_length=3, start_index=12) == (
+        "data[1]: `start_index` must be lower than the length of the data. Received: "
+        "start_index=12, for data of length 10")
     ds = npy_timeseries_dataset(x_path, None, sequence_length=5, format="pydataset")
     with pytest.raises(TypeError, match=r"statistics\(\) of the windows"):
         ds.statistics()

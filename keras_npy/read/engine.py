@@ -84,6 +84,11 @@ class BatchReader:
             #: copied straight from the map the last one came from.
             self._plain = self._direct and self.dtype == self.native
 
+    def reseed(self, seed: int) -> None:
+        """Takes another seed (a restored state's), for random crops."""
+        if self._crop is not None:
+            self._crop = regions.Crop(self._crop.crop_to, self._crop.position, seed)
+
     @property
     def reads_files(self) -> bool:
         """Whether samples are per-sample files (read whole, one after another)."""
@@ -184,7 +189,7 @@ class BatchReader:
             raise ValueError(
                 f"{path}: `crop_to` cuts samples of {self.name} to {_shape_text(sizes)}, larger "
                 f"than this sample, of shape {shape}: a crop must fit in every sample (pad "
-                f"them first, or crop less). Received: crop_to={self._crop.crop_to!r}")
+                f"the files first, or crop less). Received: crop_to={self._crop.crop_to!r}")
         return tuple(int(c) if c is not None else int(shapes[0, j]) for j, c in enumerate(sizes))
 
     # Crops.

@@ -85,6 +85,9 @@ class WindowReader:
         self._starts = None if self._files is None else np.asarray(self._files.starts, np.int64)
         self._starts_list = None if self._files is None else self._files.starts
 
+    def reseed(self, seed: int) -> None:
+        """Nothing: windows are not drawn from the seed (their order is)."""
+
     def element_shape(self) -> tuple[int, ...]:
         """The shape of one window: `(length, *row shape)`."""
         return (self.length, *self.row_shape)
@@ -120,10 +123,12 @@ class WindowReader:
     def nbytes(self, ids) -> int:
         """The bytes of the rows windows `ids` span, as stored (counted once
         where windows overlap, as the read-ahead reads them)."""
-        _, rows = self.table.locate(_array(ids))
+        series, rows = self.table.locate(_array(ids))
+        if len(rows) == 0:
+            return 0
         span = (self.length - 1) * self.rate + 1
-        return min(len(rows) * span, int(np.ptp(rows)) + span if len(rows) else 0) * (
-            self.row_nbytes)
+        spans = [int(np.ptp(rows[series == s])) + span for s in np.unique(series).tolist()]
+        return min(len(rows) * span, sum(spans)) * self.row_nbytes
 
 
 class TargetReader:
