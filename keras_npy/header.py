@@ -60,6 +60,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_npy import npz
+
 MAGIC = b"\x93NUMPY"
 MAX_HEADER_SIZE = 10_000
 #: NumPy's limits: dimensions of an array, and its largest index (and bytes).
@@ -106,6 +108,10 @@ class NpyHeader(NamedTuple):
         header_crc32: the CRC-32 of the bytes before the data (magic string
             to the header's last byte): readers of per-sample files check
             that the header they read with the data is still this one.
+        member: for a member of an `.npz` archive (`path` is
+            `"archive.npz::name"`), its `npz.Member`; `data_offset` is then
+            `member.start` plus the header's length, and `file_id` is the
+            archive's. `None` for a `.npy` file.
     """
 
     path: str
@@ -116,6 +122,7 @@ class NpyHeader(NamedTuple):
     data_offset: int
     file_id: tuple[int, int, int, int] = (0, 0, 0, 0)
     header_crc32: int = 0
+    member: npz.Member | None = None
 
     @property
     def nbytes(self) -> int:
@@ -147,6 +154,8 @@ def read_header(path: str | os.PathLike) -> NpyHeader:
     (dtype('float32'), (3, 4), 128)
     """
     path = os.fspath(path)
+    if npz.is_archive(path):
+        return read_member_header(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
@@ -175,6 +184,64 @@ def read_header(path: str | os.PathLike) -> NpyHeader:
     return header
 
 
+def read_member_header(path: str, source=None) -> NpyHeader:
+    """Reads and checks the header of an `.npz` archive's member.
+
+    Args:
+        path: `"archive.npz::name"`, or the archive's path if it holds one
+            array.
+        source: the archive open for ranged reads (see `npz.read_directory`);
+            `None` to open the local file.
+
+    Returns:
+        An `NpyHeader` whose `member` says where the member lies. Stored
+        members are checked as `.npy` files are (their size must be their
+        header's data); deflated ones must declare that size inflated.
+
+    Raises:
+        ValueError: the archive or member is not one this reader trusts; the
+            message starts with `path`.
+    """
+    archive, wanted = npz.split(path)
+    if source is None:
+        with npz.LocalFile(archive) as local:
+            return read_member_header(path, local)
+    member = npz.choose(archive, npz.read_directory(source), wanted)
+    name = npz.member_path(archive, member.name) if wanted is not None else archive
+    head = _member_head(name, source, member)
+    version, header_len, header_start = _parse_preamble(name, head)
+    end = header_start + header_len
+    if len(head) < end:
+        raise ValueError(f"{name}: expected a header of {header_len} bytes, found a member "
+                         f"of {member.size} bytes; the member is truncated.")
+    text = _decode(name, head[header_start:end], _PREAMBLE[version[0]][1])
+    dtype, fortran_order, shape = _parse_header(name, text)
+    header = NpyHeader(name, version, dtype, shape, fortran_order, member.start + end,
+                       source.identity, zlib.crc32(memoryview(head)[:end]), member)
+    found = member.size - end
+    if found != header.nbytes:
+        problem = "the member is truncated" if found < header.nbytes else (
+            "the member has trailing bytes")
+        raise ValueError(f"{name}: expected {header.nbytes} data bytes for shape {shape} of "
+                         f"dtype {dtype}, found {found}; {problem}.")
+    return header
+
+
+def _member_head(name: str, source, member: npz.Member) -> bytes:
+    """A member's first bytes, enough for its header (inflated if need be)."""
+    most = 12 + MAX_HEADER_SIZE
+    if not member.compressed:
+        head = source.read(member.start, min(member.size, _FIRST_READ))
+        if len(head) >= 12 and head[:6] == MAGIC and head[6] in _PREAMBLE:
+            length = _PREAMBLE[head[6]][0]
+            end = min(member.size, 8 + length.size + length.unpack_from(head, 8)[0], most)
+            if end > len(head):
+                head += source.read(member.start + len(head), end - len(head))
+        return head
+    raw = source.read(member.start, min(member.compressed_size, most + 64))
+    return npz.Inflater(name, member).inflate(raw, min(member.size, most))
+
+
 class HeaderCache:
     """Reads the headers of many files as `read_header` does, checking each
     one as strictly, at a fraction of its cost: files of one data set share
@@ -187,9 +254,15 @@ class HeaderCache:
     def __init__(self):
         # header bytes -> (dtype, fortran_order, shape, data_offset, file size, crc32)
         self._known: dict[bytes, tuple] = {}
+        #: path -> `npz.Member`, for each member of an `.npz` archive read.
+        self.members: dict[str, npz.Member] = {}
 
     def read(self, path: str) -> tuple:
-        """`(dtype, fortran_order, shape, data_offset, crc32)` of `path`."""
+        """`(dtype, fortran_order, shape, data_offset, crc32)` of `path` (for a
+        member of an archive, `data_offset` counts from its first byte, and
+        `members` says where that is)."""
+        if npz.is_archive(path):
+            return self._parse(path, None)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
@@ -220,7 +293,11 @@ class HeaderCache:
 
     def _parse(self, path: str, key: bytes | None) -> tuple:
         header = read_header(path)  # raises what is wrong, naming the file
-        facts = (header.dtype, header.fortran_order, header.shape, header.data_offset,
+        offset = header.data_offset
+        if header.member is not None:  # from the member's first byte, as in a file
+            self.members[path] = header.member
+            offset -= header.member.start
+        facts = (header.dtype, header.fortran_order, header.shape, offset,
                  header.file_id[2], header.header_crc32)
         if key is not None and len(self._known) < 100_000:
             self._known[key] = facts

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from keras_npy import labels as labels_lib
-from keras_npy import sources
+from keras_npy import npz, sources
 from keras_npy.header import HeaderCache, NpyHeader, read_header
 from keras_npy.state import fingerprint
 
@@ -60,6 +60,9 @@ class FileIndex:
         header_crc32: `uint32` array, the checksum of each file's header
             bytes (readers check it: a file replaced by another array is an
             error, not garbage).
+        members: `None`, or for samples that are members of `.npz` archives
+            (paths `"archive.npz::name"`), an `npz.MemberTable` of where
+            each lies; their `data_offsets` count from the member's first byte.
     """
 
     layout = "files"
@@ -70,6 +73,7 @@ class FileIndex:
         self.paths, self.dtype, self.shapes = paths, dtype, shapes
         self.data_offsets, self.fortran_order = data_offsets, fortran_order
         self.header_crc32 = header_crc32
+        self.members = None
         #: `(root index, folder, mtime_ns)` of each folder walked, or `None`.
         self.folders = None
 
@@ -78,8 +82,16 @@ class FileIndex:
                      headers: Iterable[NpyHeader]) -> "FileIndex":
         """Builds the index from the headers of `paths`, in order, checking that
         every file has the dtype and number of dimensions of the first."""
-        return cls._from_facts(paths, ((h.path, h.dtype, h.fortran_order, h.shape,
-                                        h.data_offset, h.header_crc32) for h in headers))
+        headers, members = list(headers), {}
+        for h in headers:
+            if h.member is not None:
+                members[h.path] = h.member
+        index = cls._from_facts(paths, (
+            (h.path, h.dtype, h.fortran_order, h.shape,
+             h.data_offset - (h.member.start if h.member else 0), h.header_crc32)
+            for h in headers))
+        index.members = npz.MemberTable.of(paths, members)
+        return index
 
     @classmethod
     def from_paths(cls, paths: sources.PathTable, *, verbose: bool = True) -> "FileIndex":
@@ -89,8 +101,10 @@ class FileIndex:
         cache = HeaderCache()
         chunks = _chunks_read(paths.select(np.arange(len(paths))),
                               lambda c: [cache.read(p) for p in c], verbose)
-        return cls._from_facts(paths, ((path, *facts) for chunk in chunks
-                                       for path, facts in chunk))
+        index = cls._from_facts(paths, ((path, *facts) for chunk in chunks
+                                        for path, facts in chunk))
+        index.members = npz.MemberTable.of(paths, cache.members)
+        return index
 
     @classmethod
     def _from_facts(cls, paths: sources.PathTable, facts: Iterable[tuple]) -> "FileIndex":
@@ -145,7 +159,8 @@ class FileIndex:
     def nbytes(self) -> int:
         """Memory held by the index's arrays, in bytes."""
         return (self.paths.nbytes + self.shapes.nbytes + self.data_offsets.nbytes
-                + self.fortran_order.nbytes + self.header_crc32.nbytes)
+                + self.fortran_order.nbytes + self.header_crc32.nbytes
+                + (0 if self.members is None else self.members.nbytes))
 
     def __repr__(self) -> str:
         return (f"FileIndex({self.num_samples} samples of shape {self.sample_shape} "
@@ -190,6 +205,12 @@ class RowIndex:
         headers = list(headers)
         first = headers[0]
         for header in headers:
+            if header.member is not None and header.member.compressed:
+                raise ValueError(
+                    f"{header.path}: the member is compressed (np.savez_compressed), and rows "
+                    "of a deflated stream cannot be read in place: reading any row would "
+                    "inflate every row before it. Unpack it once with `keras-npy pack`, or "
+                    "save it with np.savez or np.save.")
             if not header.shape:
                 raise ValueError(f"{header.path}: expected an array whose rows are samples, "
                                  "found a 0-dimensional array.")
@@ -381,7 +402,7 @@ def resolve_layout(layout: str, source) -> str:
     """`"auto"` is "rows" for a single path to a file, "files" otherwise."""
     if layout != "auto":
         return layout
-    single_file = isinstance(source, (str, os.PathLike)) and os.path.isfile(source)
+    single_file = isinstance(source, (str, os.PathLike)) and sources.is_file(os.fspath(source))
     return "rows" if single_file else "files"
 
 

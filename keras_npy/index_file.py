@@ -38,7 +38,7 @@ import zipfile
 
 import numpy as np
 
-from keras_npy import sources
+from keras_npy import npz, sources
 from keras_npy.index import DatasetIndex, FileIndex, RowIndex, build_index, resolve_layout
 
 #: The name of an index file in the data's folder.
@@ -239,6 +239,10 @@ def _put(arrays: dict, key: str, ix, path: str) -> dict:
             r for r, kind in enumerate(table.kinds) if kind != sources.DIRECTORY]))
         ix.direct = (direct, _stats(table, direct)[:, 2:])
         arrays[f"{key}.direct"], arrays[f"{key}.direct_stats"] = ix.direct
+        if ix.members is not None:  # where members of .npz archives lie
+            facts["members"] = True
+            for name, values in ix.members._asdict().items():
+                arrays[f"{key}.members.{name}"] = values
     return facts
 
 
@@ -254,6 +258,9 @@ def _get(archive, key: str, facts: dict, path: str):
     else:
         ix = FileIndex(table, dtype, *values)
         ix.direct = (archive[f"{key}.direct"], archive[f"{key}.direct_stats"])
+        if facts.get("members"):
+            ix.members = npz.MemberTable(*(archive[f"{key}.members.{name}"]
+                                           for name in npz.MemberTable._fields))
     ix.folders = [(r, f, int(t)) for (r, f), t in zip(facts["folders"],
                                                        archive[f"{key}.folder_times"])]
     return ix
@@ -316,7 +323,7 @@ def _stats(table, files) -> np.ndarray:
     out = np.full((len(files), 4), -1, np.int64)
     for k, f in enumerate(files.tolist()):
         try:
-            stat = os.stat(table[f])
+            stat = os.stat(npz.physical(table[f]))
         except OSError:
             continue
         out[k] = stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns

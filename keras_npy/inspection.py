@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from keras_npy import index as index_lib
-from keras_npy import sources
+from keras_npy import npz, sources
 from keras_npy.header import read_header
 
 _HISTOGRAM_BINS = 10
@@ -81,7 +81,7 @@ def inspect_source(source: str, *, layout: str = "auto", follow_links: bool = Fa
         raise ValueError('`layout` must be "auto", "files" or "rows". '
                          f"Received: layout={layout!r}")
     if layout == "auto":
-        layout = "rows" if len(paths) == 1 and os.path.isfile(source) else "files"
+        layout = "rows" if len(paths) == 1 and sources.is_file(source) else "files"
     report = Inspection(source, layout, num_files=len(paths), problems=unreadable)
     headers, classes = [], []
     progress = index_lib.Progress(len(paths), verbose)
@@ -201,7 +201,7 @@ def _reason(path: str, error: Exception) -> str:
 
 def _size(path: str) -> int:
     try:
-        return os.stat(path).st_size
+        return os.stat(npz.physical(path)).st_size
     except OSError:
         return 0
 

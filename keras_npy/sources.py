@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from keras_npy import npz
+
 # How each file was named: under a directory, matched by a glob, or given.
 DIRECTORY, GLOB, FILE = "directory", "glob", "file"
 
@@ -118,7 +120,9 @@ def find_files(source, *, follow_links: bool = False, name: str = "x",
             (any letter case) are listed sorted by path components (so
             `a/0.npy` comes before `a.npy`), skipping hidden
             folders (names starting with "."). A glob lists every file it
-            matches, sorted. List entries keep their order.
+            matches, sorted. List entries keep their order. A member of an
+            `.npz` archive is `"archive.npz::name"`; `"dir::name"` or
+            `"glob.npz::name"` names that member of each archive found.
         follow_links: whether the walk of a directory enters symbolic links to
             folders. Defaults to `False`. Link cycles are entered once.
         name: the argument's name, for error messages. Defaults to `"x"`.
@@ -152,7 +156,8 @@ def find_files(source, *, follow_links: bool = False, name: str = "x",
         for relpath in relpaths:
             builder.append(root_id, relpath)
         if len(builder) == count:
-            what = "no .npy files" if kind == DIRECTORY else "no files"
+            what = "no files" if kind != DIRECTORY else (
+                "no .npz archives" if _split_member(entry)[1] else "no .npy files")
             raise ValueError(f"`{name}` names {entry!r}, which has {what}.")
     return builder.build()
 
@@ -161,7 +166,22 @@ def is_file_list(source) -> bool:
     """Whether a source names files only (one path, or a list of paths), no
     directory or glob."""
     entries = source if isinstance(source, (list, tuple)) else [source]
-    return all(isinstance(e, (str, os.PathLike)) and os.path.isfile(e) for e in entries)
+    return all(isinstance(e, (str, os.PathLike)) and is_file(os.fspath(e)) for e in entries)
+
+
+def is_file(entry: str) -> bool:
+    """Whether `entry` names one file: a path, or a member of an `.npz` archive."""
+    return os.path.isfile(_split_member(entry)[0])
+
+
+def _split_member(entry: str) -> tuple[str, str | None]:
+    """`(source, member)` of `"source::member"`, where the source is an `.npz`
+    path or glob, or a directory of `.npz` archives; `(entry, None)` else."""
+    head, sep, tail = entry.rpartition(npz.SEPARATOR)
+    if sep and tail and "/" not in tail and (head.lower().endswith(".npz")
+                                             or os.path.isdir(head)):
+        return head, tail
+    return entry, None
 
 
 def _entries(source, name: str) -> list[str]:
@@ -178,10 +198,16 @@ def _entries(source, name: str) -> list[str]:
 
 
 def _resolve(entry: str, follow_links: bool, name: str, problems: list | None,
-             seen=None) -> tuple[str, str, Iterator[str]]:
-    """Returns `(kind, root, relative paths)` for one entry."""
+             seen=None, suffix: str = ".npy") -> tuple[str, str, Iterator[str]]:
+    """Returns `(kind, root, relative paths)` for one entry. `"source::name"`
+    names member `name` of each `.npz` archive the source names (a directory's
+    archives, not its `.npy` files)."""
+    source, member = _split_member(entry)
+    if member is not None:
+        kind, root, relpaths = _resolve(source, follow_links, name, problems, seen, ".npz")
+        return kind, root, (npz.member_path(p, member) for p in relpaths)
     if os.path.isdir(entry):
-        return DIRECTORY, entry, _walk(entry, follow_links, problems, seen)
+        return DIRECTORY, entry, _walk(entry, follow_links, problems, seen, suffix)
     if os.path.isfile(entry):
         return FILE, os.path.dirname(entry), iter([os.path.basename(entry)])
     if glob.has_magic(entry):
@@ -229,8 +255,9 @@ def is_dir(entry: os.DirEntry) -> bool:
 
 
 def _walk(root: str, follow_links: bool, problems: list | None,
-          seen_folder=None) -> Iterator[str]:
-    """Yields the `.npy` files under `root` as relative paths, in sorted order.
+          seen_folder=None, suffix: str = ".npy") -> Iterator[str]:
+    """Yields the `.npy` files (`suffix` files) under `root` as relative paths,
+    in sorted order.
 
     Entries of a folder are sorted by name and visited in that order, files
     yielded and folders entered as they come: the order of the relative paths
@@ -268,7 +295,7 @@ def _walk(root: str, follow_links: bool, problems: list | None,
             relpath = prefix + entry.name
             try:
                 folder = entry.is_dir(follow_symlinks=follow_links)
-                npy = not folder and entry.name.lower().endswith(".npy") and entry.is_file()
+                npy = not folder and entry.name.lower().endswith(suffix) and entry.is_file()
             except OSError as e:  # a link that loops, or points where we may not look
                 unreadable(entry.path, e)
                 continue

@@ -28,6 +28,7 @@ import weakref
 
 import numpy as np
 
+from keras_npy import npz
 from keras_npy.index import FileIndex, RowIndex
 from keras_npy.read import copies, guard, local, plan, regions
 from keras_npy.read.buffers import POOL
@@ -263,16 +264,15 @@ class BatchReader:
         starts = (row - nbytes) if self.padding.padding == "pre" else np.zeros(n, np.int64)
         buffers = [slots[k, a:a + b] if d else np.empty(b, np.uint8) for k, (d, a, b) in
                    enumerate(zip(direct.tolist(), starts.tolist(), nbytes.tolist()))]
-        paths, heads = index.paths.select(ids), index.data_offsets[ids].tolist()
-        sizes, crcs = nbytes.tolist(), index.header_crc32[ids].tolist()
-        done = 0
-        while done < n:
-            bad = local.read_samples(paths[done:], heads[done:], buffers[done:], sizes[done:],
-                                     crcs[done:])
-            if bad < 0:
-                break
-            _check_changed(index, int(ids[done + bad]))  # raises unless the data read are right
-            done += bad + 1
+        paths, sizes = index.paths.select(ids), nbytes.tolist()
+        plain = list(range(n))
+        if index.members is not None:  # members of .npz archives: read apart
+            member = index.members.starts[ids] >= 0
+            plain = np.flatnonzero(~member).tolist()
+            for k in np.flatnonzero(member).tolist():
+                _read_member(index, int(ids[k]), paths[k], buffers[k], sizes[k])
+        _read_plain(index, ids[plain], [paths[k] for k in plain],
+                    [buffers[k] for k in plain], [sizes[k] for k in plain])
         for k in np.flatnonzero(~direct).tolist():  # converted, or padded inside
             shape = tuple(shapes[k].tolist())
             scratch = buffers[k].view(self.stored).reshape(
@@ -505,10 +505,17 @@ class _FileRegions:
 
     def _read_one(self, fd: int, path: str, i: int, shape, offsets, out, target) -> None:
         index = self.index
+        base, method = _member_place(index, i)
         head, shape = int(index.data_offsets[i]), tuple(shape.tolist())
-        wanted = head + math.prod(shape) * self.itemsize
-        try:
-            header, size = os.pread(fd, head, 0), os.fstat(fd).st_size
+        nbytes = math.prod(shape) * self.itemsize
+        if method == npz.DEFLATED:  # inflated whole, cut in memory
+            whole = np.empty(nbytes, np.uint8)
+            _read_member(index, i, path, whole, nbytes)
+            return self._cut(whole, i, shape, offsets, out, target)
+        wanted = head + nbytes
+        try:  # an archive's size is not its member's
+            header = os.pread(fd, head, base)
+            size = wanted if method is not None else os.fstat(fd).st_size
         except OSError as e:
             raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
         if local.header_crc32(header) != int(index.header_crc32[i]) or size != wanted:
@@ -517,17 +524,25 @@ class _FileRegions:
                 raise local.ShortRead(f"{path}: expected {wanted} bytes, found {size}; the file "
                                       "changed after the dataset was built.")
         if index.fortran_order[i]:  # strided on disk: read whole, cut in memory
-            whole = np.empty(wanted - head, np.uint8)
-            local.pread_into(path, fd, [whole], head)
-            sample = whole.view(index.dtype).reshape(shape, order="F")
-            slot = target.view(index.dtype).reshape(out.shape[1:])
-            slot[...] = sample[regions.region(offsets, self.sizes, shape)]
-            return
+            whole = np.empty(nbytes, np.uint8)
+            local.pread_into(path, fd, [whole], base + head)
+            return self._cut(whole, i, shape, offsets, out, target)
         starts, length = self._runs(shape, offsets)
-        local.pread_runs(path, fd, target, head + starts, length)
+        local.pread_runs(path, fd, target, base + head + starts, length)
+
+    def _cut(self, whole: np.ndarray, i: int, shape, offsets, out, target) -> None:
+        order = "F" if self.index.fortran_order[i] else "C"
+        sample = whole.view(self.index.dtype).reshape(shape, order=order)
+        slot = target.view(self.index.dtype).reshape(out.shape[1:])
+        slot[...] = sample[regions.region(offsets, self.sizes, shape)]
 
     def _advise(self, fd: int, i: int, shape, offsets) -> int:
-        head = int(self.index.data_offsets[i])
+        base, method = _member_place(self.index, i)
+        if method == npz.DEFLATED:
+            size = int(self.index.members.compressed_sizes[i])
+            local.advise(fd, base, size)
+            return _pages(base, size)
+        head = base + int(self.index.data_offsets[i])
         if self.index.fortran_order[i]:
             size = math.prod(shape.tolist()) * self.itemsize
             local.advise(fd, head, size)
@@ -547,13 +562,15 @@ class _FileRegions:
         pages = 0
         for k, path in enumerate(paths):
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(npz.physical(path), os.O_RDONLY)
             except OSError:
                 continue  # the read reports it, with the file's name
             try:
                 if k == 0:
                     starts, _ = self._runs(tuple(shapes[0].tolist()), offsets[0])
-                    if local.cached(fd, int(self.index.data_offsets[ids[0]]) + int(starts[0])):
+                    first = _member_place(self.index, int(ids[0]))[0] + int(
+                        self.index.data_offsets[ids[0]]) + int(starts[0])
+                    if local.cached(fd, first):
                         return 0
                 pages += self._advise(fd, int(ids[k]), shapes[k], offsets[k])
             finally:
@@ -561,11 +578,28 @@ class _FileRegions:
         return pages
 
 
-def _open(path: str) -> int:
+def _open(path: str, name: str | None = None) -> int:
     try:
-        return os.open(path, os.O_RDONLY)
+        return os.open(npz.physical(path), os.O_RDONLY)
     except OSError as e:
-        raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
+        raise ValueError(f"{name or path}: cannot open the file: {e.strerror}.") from e
+
+
+def _member_place(index: FileIndex, i: int) -> tuple[int, int | None]:
+    """`(first byte, method)` of sample `i` in its archive; `(0, None)` for a file."""
+    table = index.members
+    if table is None or table.starts[i] < 0:
+        return 0, None
+    return int(table.starts[i]), int(table.methods[i])
+
+
+def _same_place(index: FileIndex, i: int, member) -> bool:
+    """Whether a sample's member (or file) lies where the index says."""
+    table = index.members
+    if table is None or table.starts[i] < 0:
+        return member is None
+    return member is not None and (member.start, member.method, member.compressed_size) == (
+        int(table.starts[i]), int(table.methods[i]), int(table.compressed_sizes[i]))
 
 
 def copy_windows(rows: np.ndarray, part, into: np.ndarray) -> None:
@@ -631,37 +665,84 @@ def _prefetch_files(index: FileIndex, ids: np.ndarray) -> int:
     stay in the page cache), unless a probe of the first and last finds them
     cached; returns the pages asked for."""
     paths = index.paths.select(ids)
-    if _files_cached(paths[:1] + paths[-1:]):
-        return 0
     shapes = index.shapes[ids]
-    nbytes = (np.prod(shapes, axis=1) * index.dtype.itemsize
-              + index.data_offsets[ids]).tolist()
+    nbytes = np.prod(shapes, axis=1) * index.dtype.itemsize + index.data_offsets[ids]
+    starts = np.zeros(len(ids), np.int64)
+    if index.members is not None:  # members: their bytes in their archives
+        starts = np.maximum(index.members.starts[ids], 0)
+        deflated = index.members.methods[ids] == npz.DEFLATED
+        nbytes = np.where(deflated, index.members.compressed_sizes[ids], nbytes)
+    if _files_cached(paths[:1] + paths[-1:], starts[[0, -1]].tolist()):
+        return 0
     pages = 0
-    for path, size in zip(paths, nbytes):
+    for path, start, size in zip(paths, starts.tolist(), nbytes.tolist()):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(npz.physical(path), os.O_RDONLY)
         except OSError:
             continue  # the read reports it, with the file's name
         try:
-            local.advise(fd, 0, size)
+            local.advise(fd, start, size)
         finally:
             os.close(fd)
-        pages += -(-size // _PAGE)
+        pages += _pages(start, size)
     return pages
 
 
-def _files_cached(paths: list[str]) -> bool:
-    for path in paths:
+def _files_cached(paths: list[str], starts: list[int]) -> bool:
+    for path, start in zip(paths, starts):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(npz.physical(path), os.O_RDONLY)
         except OSError:
             return False
         try:
-            if not local.cached(fd, 0):
+            if not local.cached(fd, start):
                 return False
         finally:
             os.close(fd)
     return True
+
+
+def _read_plain(index: FileIndex, ids: np.ndarray, paths: list, buffers: list,
+                sizes: list) -> None:
+    """Reads per-sample `.npy` files (`local.read_samples`), checking any that
+    was not read as indexed."""
+    heads, crcs = index.data_offsets[ids].tolist(), index.header_crc32[ids].tolist()
+    done = 0
+    while done < len(ids):
+        bad = local.read_samples(paths[done:], heads[done:], buffers[done:], sizes[done:],
+                                 crcs[done:])
+        if bad < 0:
+            break
+        _check_changed(index, int(ids[done + bad]))  # raises unless the data read are right
+        done += bad + 1
+
+
+def _read_member(index: FileIndex, i: int, path: str, buffer: np.ndarray, nbytes: int) -> None:
+    """Reads sample `i`, a member of an `.npz` archive, into `buffer`: a stored
+    member in one `preadv` of its header and data, in place; a deflated one
+    read whole and inflated (its size and CRC-32 checked)."""
+    table, head = index.members, int(index.data_offsets[i])
+    start, method = int(table.starts[i]), int(table.methods[i])
+    fd = _open(npz.physical(path), path)
+    try:
+        if method == npz.STORED:
+            header = np.empty(head, np.uint8)
+            local.pread_into(path, fd, [header, buffer], start)
+        else:
+            raw = np.empty(int(table.compressed_sizes[i]), np.uint8)
+            local.pread_into(path, fd, [raw], start)
+            member = npz.Member(path, start, len(raw), int(table.sizes[i]), method,
+                                int(table.crcs[i]))
+            data = npz.Inflater(path, member).inflate(raw)
+            header = np.frombuffer(data, np.uint8, head)
+            buffer[:] = np.frombuffer(data, np.uint8, nbytes, head)
+    except (ValueError, local.ShortRead):
+        _check_changed(index, i)  # names what the member holds now, if it changed
+        raise
+    finally:
+        os.close(fd)
+    if local.header_crc32(header) != int(index.header_crc32[i]):
+        _check_changed(index, i)
 
 
 def _check_changed(index: FileIndex, i: int) -> None:
@@ -679,8 +760,9 @@ def _check_changed(index: FileIndex, i: int) -> None:
     except ValueError as e:
         raise ValueError(f"{e} (Indexed with {expected}; the file changed after the dataset "
                          "was built.)") from e
+    offset = now.data_offset - (now.member.start if now.member is not None else 0)
     if ((now.dtype, now.shape, now.fortran_order) == (index.dtype, shape, fortran)
-            and now.data_offset == int(index.data_offsets[i])):
+            and offset == int(index.data_offsets[i]) and _same_place(index, i, now.member)):
         return
     raise ValueError(f"{path}: expected {expected} as when the dataset was built, found "
                      f"dtype {now.dtype} and shape {now.shape}; the file changed after the "

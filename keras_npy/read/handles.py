@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_npy import npz
 from keras_npy.read import guard, local
 
 #: Rows files held open (with their maps) per process: each holds a descriptor,
@@ -136,7 +137,7 @@ class OpenFile:
         self.facts, self._mapped, self._lock = facts, None, threading.Lock()
         self._probe = None  # a map to ask which pages are cached, where reads have none
         try:
-            self.fd = os.open(facts.path, os.O_RDONLY)
+            self.fd = os.open(npz.physical(facts.path), os.O_RDONLY)
         except OSError as e:
             self.fd = None
             raise ValueError(f"{facts.path}: cannot open the file: {e.strerror}.") from e
@@ -149,7 +150,7 @@ class OpenFile:
             # closed in 5.0), which would turn the read-ahead off.
             euid = os.geteuid() if hasattr(os, "geteuid") else None
             self._mincore_tells = euid is None or euid in (0, stat.st_uid) or os.access(
-                facts.path, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+                npz.physical(facts.path), os.W_OK, effective_ids=os.access in os.supports_effective_ids)
         except BaseException:
             os.close(self.fd)
             self.fd = None
@@ -280,7 +281,7 @@ def _check_identity(facts: FileFacts, stat: os.stat_result) -> None:
         return
     from keras_npy.header import read_header  # the index stage's reader
 
-    expected_size = facts.data_offset + facts.nbytes
+    expected_size = facts.identity[2]  # the data's end, or an archive's size
     try:
         header = read_header(facts.path)
     except ValueError as e:
