@@ -312,7 +312,9 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
 
     Args:
         x: a directory, glob, `.npy` path, or list of these; or a dict from
-            input name to such a source, for a multi-input model.
+            input name to such a source, for a multi-input model. A member of
+            an `.npz` archive is `"archive.npz::name"` (`"folder::name"`: that
+            member of every archive under the folder).
         y: `None`; `"inferred"` (the class is the folder under a directory
             of `x`, or the folder that holds a file named by a glob or path);
             an array-like of one label per sample; `.npy` path(s) whose rows

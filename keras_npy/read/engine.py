@@ -265,14 +265,18 @@ class BatchReader:
         buffers = [slots[k, a:a + b] if d else np.empty(b, np.uint8) for k, (d, a, b) in
                    enumerate(zip(direct.tolist(), starts.tolist(), nbytes.tolist()))]
         paths, sizes = index.paths.select(ids), nbytes.tolist()
-        plain = list(range(n))
-        if index.members is not None:  # members of .npz archives: read apart
-            member = index.members.starts[ids] >= 0
-            plain = np.flatnonzero(~member).tolist()
-            for k in np.flatnonzero(member).tolist():
+        if index.members is None:
+            _read_plain(index, ids, paths, buffers, sizes)
+        else:  # members of .npz archives: stored ones in place, deflated ones inflated
+            starts, methods = index.members.starts[ids], index.members.methods[ids]
+            for in_archive in (False, True):
+                chosen = np.flatnonzero((starts >= 0) & (methods == npz.STORED) if in_archive
+                                        else starts < 0).tolist()
+                _read_plain(index, ids[chosen], [paths[k] for k in chosen],
+                            [buffers[k] for k in chosen], [sizes[k] for k in chosen],
+                            starts[chosen].tolist() if in_archive else None)
+            for k in np.flatnonzero(methods == npz.DEFLATED).tolist():
                 _read_member(index, int(ids[k]), paths[k], buffers[k], sizes[k])
-        _read_plain(index, ids[plain], [paths[k] for k in plain],
-                    [buffers[k] for k in plain], [sizes[k] for k in plain])
         for k in np.flatnonzero(~direct).tolist():  # converted, or padded inside
             shape = tuple(shapes[k].tolist())
             scratch = buffers[k].view(self.stored).reshape(
@@ -352,7 +356,12 @@ class RowFiles:
         if rows is None or opened is None or not self._guarded():
             return None
         out = POOL.empty((len(ids), *self.index.row_shape), dtype)
-        copies.copy(out, rows[ids.start - last[0]:ids.stop - last[0]])
+        source = rows[ids.start - last[0]:ids.stop - last[0]]
+        if rows.flags.aligned:
+            copies.copy(out, source)
+        else:  # see `_copy`
+            ndim = self.index.sample_ndim
+            copies.copy(_blocks(out, ndim), _blocks(source, ndim))
         return None if last[4].poisoned or not opened.unchanged() else out
 
     def _guarded(self) -> bool:
@@ -367,6 +376,12 @@ class RowFiles:
         """Copies the rows of `part` from the file's map into their slots."""
         f = part.file
         rows = mapped.rows(self.index.dtype, self.facts[f].header[1], self.fortran[f])
+        if not rows.flags.aligned and not isinstance(part, plan.Regions):
+            # Data at an odd offset (a member of an .npz archive): numpy copies
+            # and gathers misaligned items one by one, 80x slower; rows of
+            # bytes are copied whole.
+            ndim = self.index.sample_ndim
+            rows, into = _blocks(rows, ndim), _blocks(into, ndim)
         if isinstance(part, plan.Run):
             copies.copy(into[part.slot:part.slot + part.count],
                         rows[part.row:part.row + part.count])
@@ -459,6 +474,14 @@ class RowFiles:
                 local.advise(opened.fd, facts.data_offset + offset, length)
                 pages += missing
         return pages
+
+
+def _blocks(rows: np.ndarray, row_ndim: int) -> np.ndarray:
+    """C-order `rows` (each of `row_ndim` axes) as rows of bytes: a view whose
+    copies and gathers are `memcpy`s of whole rows, aligned or not."""
+    if rows.size == 0 or not rows.flags.c_contiguous:
+        return rows
+    return rows.reshape(rows.shape[:rows.ndim - row_ndim] + (-1,)).view(np.uint8)
 
 
 def _ids_array(ids) -> np.ndarray:
@@ -703,14 +726,16 @@ def _files_cached(paths: list[str], starts: list[int]) -> bool:
 
 
 def _read_plain(index: FileIndex, ids: np.ndarray, paths: list, buffers: list,
-                sizes: list) -> None:
-    """Reads per-sample `.npy` files (`local.read_samples`), checking any that
-    was not read as indexed."""
+                sizes: list, starts: list | None = None) -> None:
+    """Reads per-sample `.npy` files (`local.read_samples`), or members stored
+    in archives at `starts`, checking any that was not read as indexed."""
     heads, crcs = index.data_offsets[ids].tolist(), index.header_crc32[ids].tolist()
+    if starts is not None:
+        paths = [npz.physical(p) for p in paths]
     done = 0
     while done < len(ids):
         bad = local.read_samples(paths[done:], heads[done:], buffers[done:], sizes[done:],
-                                 crcs[done:])
+                                 crcs[done:], None if starts is None else starts[done:])
         if bad < 0:
             break
         _check_changed(index, int(ids[done + bad]))  # raises unless the data read are right

@@ -70,15 +70,17 @@ def pread_runs(path: str, fd: int, target: np.ndarray, offsets: np.ndarray,
 
 
 def read_samples(paths: list[str], heads: list[int], buffers: list, nbytes: list[int],
-                 crcs: list[int]) -> int:
+                 crcs: list[int], starts: list[int] | None = None) -> int:
     """Reads per-sample files, each in one `preadv` from byte 0: its header
     (`heads[k]` bytes) into a scratch buffer, `nbytes[k]` of data into
     `buffers[k]`, and one byte more, so that a file that grew shows as one
     that shrank does. Returns -1, or the position of the first file whose size
     or header (`crcs[k]`, the CRC-32 recorded at indexing) is not as indexed.
     One function for the whole batch: this loop is most of the cost of
-    reading small files."""
+    reading small files. With `starts`, file `k` is an archive whose member
+    starts at byte `starts[k]` (no byte more is read: the archive goes on)."""
     extra, scratch = bytearray(1), {}
+    tail = [] if starts is not None else [extra]
     open_, preadv, close, crc32, flags = os.open, os.preadv, os.close, zlib.crc32, os.O_RDONLY
     for k, path in enumerate(paths):
         size = heads[k]
@@ -90,11 +92,11 @@ def read_samples(paths: list[str], heads: list[int], buffers: list, nbytes: list
         except OSError as e:
             raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
         try:
-            wanted = size + nbytes[k]
-            found = preadv(fd, [head, buffers[k], extra], 0)
+            wanted, start = size + nbytes[k], 0 if starts is None else starts[k]
+            found = preadv(fd, [head, buffers[k], *tail], start)
             if found < wanted:  # a short read is legal; resume where it stopped
-                found += _preadv_fully(path, fd, _rest([head, buffers[k]], found), found,
-                                       wanted - found)
+                found += _preadv_fully(path, fd, _rest([head, buffers[k]], found),
+                                       start + found, wanted - found)
         except OSError as e:
             raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
         finally:
