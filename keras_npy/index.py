@@ -527,11 +527,11 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
 def _index_of_pack(x, y, class_names, verbose: bool) -> DatasetIndex | None:
     """The index of a pack directory `x` (`keras_npy.pack`): its shards as x,
     its labels as y unless `y` is given; `None` when `x` is not one."""
-    from keras_npy import pack  # the packer imports this module
+    from keras_npy.packing import index_of_pack, is_pack  # it imports this module
 
-    if not pack.is_pack(x):
+    if not is_pack(x):
         return None
-    return pack.index_of_pack(x, y, class_names, verbose=verbose)
+    return index_of_pack(x, y, class_names, verbose=verbose)
 
 
 def index_source(source, *, layout: str = "auto", follow_links: bool = False,

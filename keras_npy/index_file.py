@@ -172,7 +172,7 @@ def load_index(path, *, check: bool = True) -> DatasetIndex:
 
 def _refuse_pack(x, layout: str) -> None:
     """A pack directory (`keras-npy pack`) is indexed by its manifest."""
-    from keras_npy.pack import MANIFEST, is_pack
+    from keras_npy.packing import MANIFEST, is_pack
 
     if layout == "auto" and is_pack(x):
         raise ValueError(f"{x}: a pack directory ({MANIFEST}) needs no index file: its "

@@ -241,18 +241,19 @@ def _shard_ranges(nbytes: list[int], shard_size: int) -> list[tuple[int, int]]:
 
 def _prepare(dst: str, src: str, identity: dict, force: bool):
     """Makes `dst` ready: the finished manifest of the same pack (a dict),
-    or the list of shards recorded as written (empty for a new pack)."""
+    or the list of shards recorded as written (empty for a new pack; with
+    `force`, the pack files in `dst`, whatever they are, are removed)."""
     os.makedirs(dst, exist_ok=True)
     manifest, progress = (_read_json(os.path.join(dst, name)) for name in (MANIFEST, PROGRESS))
-    if manifest is not None and _same(manifest, identity):
+    if manifest is not None and _same(manifest, identity) and not force:
         return manifest
-    if manifest is None and progress is not None and _same(progress, identity):
+    if manifest is None and progress is not None and _same(progress, identity) and not force:
         return progress.get("shards", [])
     entries = sorted(os.listdir(dst))
     if entries and not force:
-        found = ("a pack of another source or with other options (keras_npy_pack.json)"
+        found = (f"a pack ({MANIFEST}) {_difference(manifest, identity)}"
                  if manifest is not None else
-                 "an unfinished pack of another source or with other options"
+                 f"an unfinished pack {_difference(progress, identity)}"
                  if progress is not None else
                  f"{len(entries)} other entr{'ies' if len(entries) != 1 else 'y'} "
                  f"({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})")
@@ -263,6 +264,18 @@ def _prepare(dst: str, src: str, identity: dict, force: bool):
             os.remove(os.path.join(dst, name))
     _write_json(os.path.join(dst, PROGRESS), {**identity, "shards": []})
     return []
+
+
+def _difference(record: dict, identity: dict) -> str:
+    """What makes a pack in `dst` another than the one asked for, in words."""
+    if record.get("source") != identity["source"]:
+        return f"of another source, {record.get('source')}"
+    if record.get("fingerprint") != identity["fingerprint"]:
+        return "of this source as it was before its files changed"
+    options = record.get("options") or {}
+    changed = [f"{key}={options.get(key)!r}, not {value!r}"
+               for key, value in identity["options"].items() if options.get(key) != value]
+    return f"of this source with other options ({', '.join(changed)})"
 
 
 def _same(record: dict, identity: dict) -> bool:
