@@ -131,10 +131,12 @@ def pack(src, dst, *, shard_size=DEFAULT_SHARD_SIZE, labels: str | None = "infer
     index = build_index(src, "inferred" if labels else None, layout="files",
                         class_names=class_names, follow_links=follow_links, verbose=verbose)
     plan = _Plan(index, size)
-    identity = {"source": src, "fingerprint": digest(json.dumps(fingerprint(index),
-                                                                sort_keys=True)),
+    # The source's files (names, sizes, headers), and what else decides the pack.
+    files = fingerprint(index)["inputs"]
+    identity = {"source": src, "fingerprint": digest(json.dumps(files, sort_keys=True)),
                 "num_samples": index.num_samples,
                 "options": {"shard_size": size, "labels": labels,
+                            "class_names": index.class_names,
                             "follow_links": bool(follow_links)}}
     done = _prepare(dst, src, identity, force)
     if isinstance(done, dict):  # a finished pack of this source
