@@ -109,7 +109,7 @@ def test_fixed_shards_are_split_by_size_with_aligned_labels(tmp_path):
     {"pad_to": "longest", "validation_split": 0.2, "subset": "training", "shuffle": True,
      "seed": 9, "dtype": "float64"},
     {"pad_to": 4, "label_mode": "categorical", "drop_remainder": True}])
-def test_a_ragged_pack_gives_the_batches_of_its_files(tmp_path, kwargs):
+def test_a_ragged_pack_gives_the_batches_of_its_files(tmp_path, kwargs, maps):
     source = _ragged_tree(tmp_path / "src")
     manifest = keras_npy.pack(source, str(tmp_path / "dst"), shard_size=300, verbose=False)
     assert (manifest["layout"], manifest["flat"], manifest["sample_shape"]) == (
@@ -136,7 +136,7 @@ def test_ragged_files_hold_values_and_offsets(tmp_path):
                                 "in 1 file)")
 
 
-def test_samples_varying_on_other_axes_are_flattened_with_their_shapes(tmp_path):
+def test_samples_varying_on_other_axes_are_flattened_with_their_shapes(tmp_path, maps):
     rng = np.random.default_rng(3)
     source = tmp_path / "src"
     for k in range(17):  # big-endian, some Fortran-order: packed C-order, native
@@ -441,6 +441,25 @@ def test_samples_that_cannot_be_packed_together_are_named(tmp_path):
         keras_npy.pack(str(source), str(tmp_path / "dst"), verbose=False)
     assert str(info.value) == (f"{source}/a/1.npy: expected a sample of 2 dimensions like "
                                f"{source}/a/0.npy (shape (2, 3)), found shape (4,).")
+
+
+def test_a_values_file_cut_short_is_named(tmp_path, maps):
+    source = _ragged_tree(tmp_path / "src", count=12)
+    dst = tmp_path / "dst"
+    keras_npy.pack(source, str(dst), verbose=False)
+    ds = NpyDataset(str(dst), pad_to="longest", batch_size=4)
+    ds[0]
+    values = dst / "values-00000.npy"
+    header = keras_npy.read_header(values)
+    data = values.stat().st_size - header.data_offset
+    with open(values, "r+b") as f:
+        f.truncate(values.stat().st_size - 8)
+    handles.TABLE.clear()
+    with pytest.raises(ValueError) as info:
+        ds[2]
+    assert str(info.value) == (
+        f"{values}: expected {data} data bytes for shape {header.shape} of dtype float32, found "
+        f"{data - 8}; the file is truncated. (The file changed after the dataset was built.)")
 
 
 def test_a_malformed_manifest_or_shard_is_named(tmp_path):

@@ -538,19 +538,49 @@ class RaggedFiles:
     def _read_stretches(self, files: np.ndarray, starts: np.ndarray, counts: np.ndarray,
                         buffers: list) -> None:
         """Reads stretch `k` (`counts[k]` bytes from `starts[k]` of file
-        `files[k]`) into `buffers[k]`: one `preadv` per run of stretches that
-        follow each other in a file."""
+        `files[k]`) into `buffers[k]`: copied from the file's guarded memory
+        map (as rows are), or, where maps are not guarded or the copy faulted
+        (the file was cut short meanwhile), with one `preadv` per run of
+        stretches that follow each other in the file."""
         order = np.lexsort((starts, files))
         files, starts, counts = files[order], starts[order], counts[order]
-        new = np.ones(len(order), bool)
-        new[1:] = (files[1:] != files[:-1]) | (starts[1:] != starts[:-1] + counts[:-1])
-        run_starts = np.flatnonzero(new).tolist() + [len(order)]
+        bounds = np.flatnonzero(np.diff(files)) + 1
         order = order.tolist()
-        for a, b in zip(run_starts, run_starts[1:]):
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
             f = int(files[a])
-            chunk = [buffers[k] for k in order[a:b] if buffers[k].nbytes]
+            if not self._copy_mapped(f, order[a:b], starts[a:b], buffers):
+                self._pread(f, order[a:b], starts[a:b], counts[a:b], buffers)
+
+    def _copy_mapped(self, f: int, slots: list, starts: np.ndarray, buffers: list) -> bool:
+        """Copies the stretches of file `f` from its guarded map; whether it
+        could (no guarded map here, or a copy that faulted: `False`)."""
+        opened = TABLE.get(self.keys[f], self.facts[f])
+        try:
+            mapped = opened.mapped()
+        except MapFailed:
+            mapped = None
+        if mapped is None or not guard.installed():
+            return False
+        data, offset = mapped.bytes, self.facts[f].data_offset
+        for k, start in zip(slots, (starts - offset).tolist()):
+            target = buffers[k]
+            target[:] = data[start:start + len(target)]
+        if not mapped.poisoned and opened.unchanged():
+            return True
+        TABLE.drop(self.keys[f], opened)  # opened anew (and checked) for the preadv
+        return False
+
+    def _pread(self, f: int, slots: list, starts: np.ndarray, counts: np.ndarray,
+               buffers: list) -> None:
+        """Reads the stretches of file `f` (sorted by place) with `preadv`, one
+        call per run of stretches that follow each other."""
+        new = np.ones(len(slots), bool)
+        new[1:] = starts[1:] != starts[:-1] + counts[:-1]
+        runs = np.flatnonzero(new).tolist() + [len(slots)]
+        opened = TABLE.get(self.keys[f], self.facts[f])
+        for a, b in zip(runs, runs[1:]):
+            chunk = [buffers[k] for k in slots[a:b] if buffers[k].nbytes]
             if chunk:
-                opened = TABLE.get(self.keys[f], self.facts[f])
                 local.pread_into(self.facts[f].path, opened.fd, chunk, int(starts[a]))
 
     def prefetch(self, ids: np.ndarray) -> int:
