@@ -211,16 +211,19 @@ def test_stats_bad_axis_and_bad_statistics_file(tree, tmp_path):
     assert not layer.built and layer(np.ones((1, 3), "float32")).shape == (1, 3)
 
 
-@pytest.mark.parametrize("layout", ["files", "rows"])
+@pytest.mark.parametrize("layout", ["files", "rows", "pack"])
 def test_bench_prints_rates_next_to_the_raw_read(tree, tmp_path, layout, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # what the command sets, undone after
     path = tree if layout == "files" else _save(str(tmp_path / "x.npy"),
                                                 np.zeros((5000, 32), "float32"))
+    if layout == "pack":  # the tree's samples as a pack's ragged rows
+        path = tmp_path / "packed"
+        assert _run("pack", tree, path, "-q").returncode == 0
     done = _run("bench", path, "--batches", "3", "--batch-size", "8")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    samples, nbytes = (20, 4 * 3 * sum(4 + k % 10 for k in range(20))) if layout == "files" \
-        else (24, 24 * 128)
+    samples, nbytes = (20, 4 * 3 * sum(4 + k % 10 for k in range(20))) if layout in (
+        "files", "pack") else (24, 24 * 128)
     assert lines[0] == (f"{path}: 3 batches, {samples} samples, {nbytes / 1e6:,.1f} MB of data "
                         "per pass, from the page cache (median of passes)")
     assert lines[1].split() == ["reader", "samples/s", "MB/s", "vs", "raw"]
