@@ -51,9 +51,9 @@ def _epochs(ds, count=2):
     return batches
 
 
-def _assert_same_batches(source, packed, y="inferred", **kwargs):
-    a = NpyDataset(source, y, batch_size=5, **kwargs)
-    b = NpyDataset(packed, batch_size=5, **kwargs)
+def _assert_same_batches(source, packed, y="inferred", batch_size=5, **kwargs):
+    a = NpyDataset(source, y, batch_size=batch_size, **kwargs)
+    b = NpyDataset(packed, batch_size=batch_size, **kwargs)
     assert (len(b), b.num_samples, b.class_names) == (len(a), a.num_samples, a.class_names)
     for got, expected in zip(_epochs(b), _epochs(a), strict=True):
         got, expected = (got, expected) if isinstance(got, tuple) else ((got,), (expected,))
@@ -108,7 +108,10 @@ def test_fixed_shards_are_split_by_size_with_aligned_labels(tmp_path):
     {"pad_to": "longest", "bucket_boundaries": [3, 6], "shuffle": True, "seed": 5},
     {"pad_to": "longest", "validation_split": 0.2, "subset": "training", "shuffle": True,
      "seed": 9, "dtype": "float64"},
-    {"pad_to": 4, "label_mode": "categorical", "drop_remainder": True}])
+    {"pad_to": 4, "label_mode": "categorical", "drop_remainder": True},
+    {"pad_to": "longest", "num_shards": 2, "shard_index": 1, "shuffle": True, "seed": 2,
+     "batch_size": 6},
+    {"pad_to": 6, "shuffle": "block", "seed": 1, "shuffle_block_size": 3, "workers": 2}])
 def test_a_ragged_pack_gives_the_batches_of_its_files(tmp_path, kwargs, maps):
     source = _ragged_tree(tmp_path / "src")
     manifest = keras_npy.pack(source, str(tmp_path / "dst"), shard_size=300, verbose=False)
