@@ -57,6 +57,8 @@ DEFAULT_SHARD_SIZE = "256MiB"
 #: Bytes of samples read from the source, or compared, per step.
 _CHUNK_BYTES = 16 * 2**20
 _CHUNK_SAMPLES = 4096
+#: Work shorter than this shows no progress line.
+_PROGRESS_AFTER_SECONDS = 2.0
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -496,8 +498,8 @@ def index_of_pack(directory, y=None, class_names=None, *, verbose: bool = True,
     shards = manifest["shards"]
     x = _x_index(directory, manifest)
     if y is None or (isinstance(y, str) and y == "inferred"):
-        labels = _pack_labels(directory, shards) if all("y" in _roles(s) for s in shards) \
-            and shards else None
+        labelled = all("y" in _roles(s) for s in shards)
+        labels = _pack_labels(directory, shards) if labelled else None
         if labels is None and y is not None:
             raise ValueError(f"{directory}: y=\"inferred\" takes the labels of the pack, but "
                              "it was packed without labels (labels=None).")
@@ -684,7 +686,8 @@ class _Progress:
         if not self.verbose:
             return
         now, finished = time.perf_counter(), self.done >= self.total
-        if now - self.started <= 2.0 or (now - self._drawn < 0.1 and not finished):
+        if now - self.started <= _PROGRESS_AFTER_SECONDS or (
+                now - self._drawn < 0.1 and not finished):
             return
         self._drawn = now
         rate = self.done / 2**20 / max(now - self.started, 1e-9)

@@ -1,6 +1,7 @@
 """`keras_npy.pack`: per-sample files packed into shards, and read back by
 `NpyDataset(dst)` as exactly the batches of the files they came from."""
 
+import io
 import json
 import os
 import signal
@@ -500,3 +501,22 @@ def test_the_pack_command_runs_without_keras_or_tensorflow(tmp_path):
     assert sorted(m for m in imported if m.split(".")[0] in {
         "keras", "tensorflow", "jax", "torch"}) == []
     assert done.stdout.startswith("Packed 6 samples (ragged, dtype <f4) into 1 shard in ")
+
+
+def test_a_progress_line_on_a_terminal(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    source = _fixed_tree(tmp_path / "src", count=8)
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(packing, "_PROGRESS_AFTER_SECONDS", -1.0)  # at once
+    keras_npy.pack(source, str(tmp_path / "dst"), shard_size="4KiB")
+    lines = screen.getvalue().split("\n")
+    assert lines[0].startswith("\rpacking: 0.0/0.0 MiB, ") and lines[0].endswith(" MiB/s")
+    assert lines[1].startswith("\rverifying: 0.0/0.0 MiB, ") and lines[2] == ""
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    keras_npy.pack(source, str(tmp_path / "quiet"), verbose=False)
+    assert quiet.getvalue() == ""
