@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks import (cold, common, crops, files, fit, index, limits, memory, npz, resume,
-                        rows, scale, sequences, windows)
+from benchmarks import (cold, common, crops, files, fit, index, limits, memory, npz, pack,
+                        resume, rows, scale, sequences, windows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
             crops.run(results, root, max(2 * crops.BATCH, int(192 * size)))
         if "npz" in chosen:  # 256 MiB of 1 KiB rows, in an .npz and an .npy
             npz.run(results, root, num_rows, num_files // 4)
+        if "pack" in chosen:  # 1 KiB per-sample files against their pack, cold
+            pack.run(results, root, num_files)
         results.finish()  # the last group's rates, while its files are there
     return _report(args, time.perf_counter() - started,
                    [dataclasses.asdict(f) for f in results.figures], scaling)
@@ -138,7 +140,7 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
 
 
 GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale",
-          "resume", "windows", "crops", "npz")
+          "resume", "windows", "crops", "npz", "pack")
 
 
 def format_table(figures: list[dict]) -> str:

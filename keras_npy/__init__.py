@@ -26,6 +26,7 @@ _NAMES = {
     "write_index": "keras_npy.index_file",
     "load_index": "keras_npy.index_file",
     "normalization_layer": "keras_npy.layers",
+    "pack": "keras_npy.packing",
     "npy_dataset_from_directory": "keras_npy.from_directory",
     "npy_dataset": "keras_npy.tf_dataset",
     "npy_timeseries_dataset": "keras_npy.timeseries",

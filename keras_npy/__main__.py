@@ -1,8 +1,9 @@
 """The `keras-npy` command line (also `python -m keras_npy`).
 
 Commands: `inspect` a tree of `.npy` files, write its `index` once for every
-process to load, compute its `stats` for a normalization layer, `bench` how
-fast it reads, and run the `demo`.
+process to load, `pack` its per-sample files into a few row files (shards)
+that `NpyDataset(DST)` loads in one call, compute its `stats` for a
+normalization layer, `bench` how fast it reads, and run the `demo`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     _add_layout_option(index)
     _add_source_options(index)
     index.set_defaults(run=_index)
+
+    pack = commands.add_parser("pack", help="rewrite a directory of per-sample .npy files "
+                               "as a few row files (shards) that NpyDataset(DST) loads")
+    pack.add_argument("src", help="a directory of .npy files, one sample per file")
+    pack.add_argument("dst", help="the directory to write: absent, empty, or an unfinished "
+                      "pack of SRC (the pack resumes)")
+    pack.add_argument("--shard-size", default="256MiB",
+                      help="bytes of samples per shard, e.g. 256MiB, 1GB or 4096; default "
+                      "256MiB")
+    pack.add_argument("--labels", choices=("inferred", "none"), default="inferred",
+                      help="inferred (default): the class of each file is its folder under "
+                      "SRC, packed as y-NNNNN.npy; none: no labels")
+    pack.add_argument("--class-names", type=lambda t: t.split(","), default=None,
+                      help="with --labels inferred, the class folders in label order, "
+                      "separated by commas")
+    pack.add_argument("--force", "-f", action="store_true",
+                      help="overwrite a DST that holds something else (its pack files)")
+    pack.add_argument("--no-verify", action="store_true",
+                      help="skip comparing every packed sample with its source file")
+    _add_source_options(pack)
+    pack.set_defaults(run=_pack)
 
     bench = commands.add_parser("bench", help="samples/s and MB/s of your data through "
                                 "NpyDataset and npy_dataset, next to the raw read rate")
@@ -155,6 +177,26 @@ def _index(args) -> int:
     loaded = time.perf_counter() - started
     print(f"Wrote {path}: {index.num_samples:,} samples, {os.path.getsize(path) / 2**20:,.1f} "
           f"MiB; built in {built:.1f} s, loads in {loaded * 1000:.0f} ms.")
+    return 0
+
+
+def _pack(args) -> int:
+    import time
+
+    from keras_npy.packing import MANIFEST, pack
+
+    started = time.perf_counter()
+    manifest = pack(args.src, args.dst, shard_size=args.shard_size,
+                    labels=None if args.labels == "none" else "inferred",
+                    class_names=args.class_names, force=args.force, verify=not args.no_verify,
+                    follow_links=args.follow_links, verbose=not args.quiet)
+    shards = len(manifest["shards"])
+    classes = manifest["class_names"]
+    print(f"Packed {manifest['num_samples']:,} samples ({manifest['layout']}, dtype "
+          f"{manifest['dtype']}) into {shards} shard{'s' * (shards != 1)} in {args.dst}"
+          f"{f', {len(classes)} classes' if classes else ''}"
+          f"{'' if args.no_verify else ', verified'}, in {time.perf_counter() - started:.1f} s. "
+          f"Load it with keras_npy.NpyDataset({args.dst!r}) ({MANIFEST}).")
     return 0
 
 

@@ -88,7 +88,7 @@ class BatchSource:
         shard (layout "files"), or the row files (layout "rows"); for a dict
         `x`, those of its first input."""
         first = next(iter(self.index.inputs.values()))
-        if first.layout == "rows":
+        if first.layout in ("rows", "ragged"):  # ragged: a pack's values files
             return list(first.paths)
         return [first.paths[int(i)] for i in self.order.sample_ids]
 
@@ -223,6 +223,10 @@ def _default_block_size(index: DatasetIndex) -> int:
     first = next(iter(index.inputs.values()))
     if first.layout == "files":
         return BLOCK_FILES
+    if first.layout == "ragged":  # a pack's variable-length samples: their mean size
+        mean = first.dtype.itemsize * int(np.prod(first.shapes, axis=1).sum()) // max(
+            1, first.num_samples)
+        return max(1, BLOCK_BYTES // max(1, mean))
     return max(1, BLOCK_BYTES // max(1, first.row_nbytes))
 
 

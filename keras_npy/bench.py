@@ -96,6 +96,8 @@ def _raw_reader(index, num_samples: int, batch_size: int):
                     f.read()
         return read_files
 
+    if index.layout == "ragged":  # a pack's variable-length samples
+        return _raw_ragged_reader(index, num_samples, batch_size)
     row_bytes = index.row_nbytes
 
     def read_rows():
@@ -114,6 +116,29 @@ def _raw_reader(index, num_samples: int, batch_size: int):
     return read_rows
 
 
+def _raw_ragged_reader(index, num_samples: int, batch_size: int):
+    """The bytes of a pack's first samples, a batch of consecutive samples
+    (one stretch of a values file) per `preadv` into a new buffer."""
+    files, offsets = index.locate(np.arange(num_samples))
+    ends = offsets + np.prod(index.shapes[:num_samples], axis=1) * index.dtype.itemsize
+    stretches = []
+    for start in range(0, num_samples, batch_size):
+        batch = slice(start, min(start + batch_size, num_samples))
+        for f in np.unique(files[batch]).tolist():
+            mine = files[batch] == f
+            first, last = int(offsets[batch][mine].min()), int(ends[batch][mine].max())
+            stretches.append((index.paths[f], first, last - first))
+
+    def read_ragged():
+        for path, offset, nbytes in stretches:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.preadv(fd, [bytearray(nbytes)], offset)
+            finally:
+                os.close(fd)
+    return read_ragged
+
+
 def _tf_reader(dataset: NpyDataset, num_batches: int):
     import tensorflow as tf
 
@@ -123,7 +148,7 @@ def _tf_reader(dataset: NpyDataset, num_batches: int):
 
 
 def _data_bytes(index, num_samples: int) -> int:
-    if isinstance(index, FileIndex):
+    if isinstance(index, FileIndex) or index.layout == "ragged":
         return int(np.prod(index.shapes[:num_samples], axis=1).sum()) * index.dtype.itemsize
     return num_samples * index.row_nbytes
 

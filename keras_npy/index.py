@@ -273,6 +273,173 @@ class RowIndex:
                 f"{self.dtype} in {files} file{'s' * (files != 1)})")
 
 
+class RaggedIndex:
+    """Layout "ragged": samples of varying shapes, each one stretch of the
+    bytes of a values file (what `keras-npy pack` writes for variable-length
+    samples; see `keras_npy.pack`).
+
+    A values file holds its samples one after the other: concatenated on
+    their first axis (every other axis the same for all samples), or, where
+    other axes vary too, flattened. The index holds a few numbers per sample
+    (its shape and where its bytes start), about 8 * (ndim + 1) bytes.
+
+    Attributes:
+        layout: `"ragged"`.
+        paths: a `sources.PathTable`, one path per values file.
+        dtype: the stored dtype, the same for every file.
+        shapes: `int64` array of shape `(num_samples, sample_ndim)`.
+        byte_offsets: `int64` array, where each sample's bytes start in its
+            file (from the file's first byte).
+        sample_starts: `int64` array of `num_files + 1`: file `f` holds
+            samples `sample_starts[f]` to `sample_starts[f + 1] - 1`.
+        data_offsets: `int64` array, where each file's data start.
+        file_shapes: the array shape each file's header declares.
+        file_ids: `int64` array of shape `(num_files, 4)`: each file's
+            device, inode, size and modification time (ns) when indexed.
+    """
+
+    layout = "ragged"
+
+    def __init__(self, paths: sources.PathTable, dtype: np.dtype, shapes: np.ndarray,
+                 byte_offsets: np.ndarray, sample_starts: np.ndarray, data_offsets: np.ndarray,
+                 file_shapes: list[tuple[int, ...]], file_ids: np.ndarray):
+        self.paths, self.dtype, self.shapes = paths, dtype, shapes
+        self.byte_offsets, self.sample_starts = byte_offsets, sample_starts
+        self.data_offsets, self.file_shapes, self.file_ids = data_offsets, file_shapes, file_ids
+        #: Unused (no folder is walked), as `FileIndex.folders`.
+        self.folders = None
+
+    @classmethod
+    def from_parts(cls, paths: sources.PathTable, headers: Sequence[NpyHeader],
+                   offsets: Sequence[np.ndarray], shapes: Sequence[np.ndarray | None],
+                   offsets_paths: Sequence[str]) -> "RaggedIndex":
+        """The index of values files (`headers`, in order) cut into samples.
+
+        Args:
+            paths: the values files.
+            headers: their headers.
+            offsets: per file, `int64` `n + 1` increasing positions, from 0 to
+                the file's first-axis length: sample `k` spans positions
+                `offsets[k]` to `offsets[k + 1]` (rows of the file, or elements
+                of a flat file).
+            shapes: per file, `None` (samples are the spans of rows: their
+                shape is `(rows, *inner shape of the file)`), or an `int64`
+                array `(n, ndim)` of the samples' shapes (a flat file).
+            offsets_paths: the files `offsets` came from, for errors.
+
+        Raises:
+            ValueError: the files disagree in dtype, or offsets or shapes do
+                not fit their file (the message names it).
+        """
+        first = headers[0]
+        all_shapes, all_offsets = [], []
+        for header, cuts, given, where in zip(headers, offsets, shapes, offsets_paths):
+            _check_same_dtype(header.path, header.dtype, first.path, first.dtype)
+            if header.fortran_order or not header.shape:
+                raise ValueError(f"{header.path}: expected a C-order array of samples, found "
+                                 f"shape {header.shape} in "
+                                 f"{'Fortran' if header.fortran_order else 'C'} order.")
+            _check_cuts(where, cuts, header.shape[0])
+            inner = math.prod(header.shape[1:])
+            counts = np.diff(cuts)
+            if given is None:
+                file_shapes = np.empty((len(counts), len(header.shape)), np.int64)
+                file_shapes[:, 0], file_shapes[:, 1:] = counts, header.shape[1:]
+            else:
+                file_shapes = _checked_shapes(where, given, counts, inner)
+            all_shapes.append(file_shapes)
+            all_offsets.append(header.data_offset + cuts[:-1] * inner * header.dtype.itemsize)
+        ndims = {s.shape[1] for s in all_shapes}
+        if len(ndims) > 1:
+            raise ValueError(f"{paths[0]}: expected samples of one number of dimensions in "
+                             f"every file, found {sorted(ndims)}.")
+        counts = [len(s) for s in all_shapes]
+        return cls(paths, first.dtype, np.concatenate(all_shapes).astype(np.int64),
+                   np.concatenate(all_offsets).astype(np.int64),
+                   np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
+                   np.array([h.data_offset for h in headers], np.int64),
+                   [tuple(h.shape) for h in headers],
+                   np.array([h.file_id for h in headers], np.int64).reshape(-1, 4))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def sample_ndim(self) -> int:
+        return self.shapes.shape[1]
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of a sample, `None` on axes where samples differ."""
+        if not self.num_samples:
+            return (None,) * self.sample_ndim
+        fixed = (self.shapes == self.shapes[0]).all(axis=0)
+        return tuple(int(d) if f else None for d, f in zip(self.shapes[0], fixed))
+
+    def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
+        """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""
+        return self.shapes[ids]
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(file_ids, byte_offsets)` of the samples `ids`."""
+        ids = np.asarray(ids, np.int64)
+        files = np.searchsorted(self.sample_starts, ids, side="right") - 1
+        return files, self.byte_offsets[ids]
+
+    def describe(self, i: int) -> str:
+        """Where sample `i` is, for messages: its values file and place there."""
+        f = int(np.searchsorted(self.sample_starts, i, side="right") - 1)
+        return f"{self.paths[f]} (sample {i - int(self.sample_starts[f])} of the file)"
+
+    def fingerprint_facts(self) -> dict:
+        """What identifies this input's data (see `state.input_facts`): the
+        files' names, sizes and the samples' shapes and places."""
+        from keras_npy.state import digest
+
+        paths = self.paths
+        names = digest(paths.roots, paths.root_ids, paths._buffer, paths._offsets)
+        layout = digest("ragged", self.dtype.str, self.shapes, self.byte_offsets,
+                        self.sample_starts, self.file_ids[:, 2])
+        return {"layout": "ragged", "files": len(paths), "samples": self.num_samples,
+                "names": names, "headers": layout}
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's arrays, in bytes."""
+        return (self.paths.nbytes + self.shapes.nbytes + self.byte_offsets.nbytes
+                + self.sample_starts.nbytes + self.data_offsets.nbytes + self.file_ids.nbytes)
+
+    def __repr__(self) -> str:
+        files = len(self.paths)
+        return (f"RaggedIndex({self.num_samples} samples of shape {self.sample_shape} and "
+                f"dtype {self.dtype} in {files} file{'s' * (files != 1)})")
+
+
+def _check_cuts(path: str, cuts: np.ndarray, length: int) -> None:
+    """Offsets of samples must rise from 0 to the length of their values file."""
+    if cuts.ndim != 1 or len(cuts) < 1 or cuts[0] != 0 or cuts[-1] != length or (
+            np.diff(cuts) < 0).any():
+        found = cuts.tolist() if cuts.size <= 8 else f"{cuts.size} values"
+        raise ValueError(f"{path}: expected offsets rising from 0 to {length} (the length of "
+                         f"its values file), found {found}.")
+
+
+def _checked_shapes(path: str, shapes: np.ndarray, counts: np.ndarray, inner: int) -> np.ndarray:
+    """The shapes of a flat values file's samples must hold as many elements
+    as their spans."""
+    if shapes.ndim != 2 or len(shapes) != len(counts) or (shapes < 0).any():
+        raise ValueError(f"{path}: expected {len(counts)} sample shapes, one per sample, found "
+                         f"an array of shape {shapes.shape}.")
+    sizes = np.prod(shapes, axis=1) * inner
+    bad = np.flatnonzero(sizes != counts)
+    if len(bad):
+        k = int(bad[0])
+        raise ValueError(f"{path}: sample {k} has shape {tuple(shapes[k].tolist())}, "
+                         f"expected {int(counts[k])} elements as its offsets say.")
+    return shapes
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetIndex:
     """Everything known about a data set before reading it.
@@ -368,6 +535,8 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
         from keras_npy.index_file import index_of_directory
 
         index = index_of_directory(x, y, layout, class_names, follow_links, verbose)
+    if index is None and layout == "auto":  # None unless x is a directory `keras-npy pack` wrote
+        index = _index_of_pack(x, y, class_names, verbose)
     if index is None:
         options = dict(layout=layout, follow_links=follow_links, verbose=verbose)
         x_index = _index_inputs(x, options)
@@ -376,6 +545,16 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
     labels_lib.check_label_mode(label_mode, index.class_names)
     fingerprint(index)  # now, while the headers cost far more, not when a state is restored
     return index
+
+
+def _index_of_pack(x, y, class_names, verbose: bool) -> DatasetIndex | None:
+    """The index of a pack directory `x` (`keras_npy.pack`): its shards as x,
+    its labels as y unless `y` is given; `None` when `x` is not one."""
+    from keras_npy.packing import index_of_pack, is_pack  # it imports this module
+
+    if not is_pack(x):
+        return None
+    return index_of_pack(x, y, class_names, verbose=verbose)
 
 
 def index_source(source, *, layout: str = "auto", follow_links: bool = False,

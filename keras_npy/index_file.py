@@ -84,6 +84,7 @@ def write_index(x, y=None, path=None, *, layout: str = "auto", class_names=None,
         raise TypeError("write_index() keeps the labels it finds: `y` must be None, "
                         '"inferred", or paths of targets; pass an array of labels to the '
                         f"dataset instead. Received: y of type {type(y).__name__}")
+    _refuse_pack(x, layout)
     index = build_index(x, y, layout=layout, class_names=class_names,
                         follow_links=follow_links, verbose=verbose, index_file=False)
     if path is None:
@@ -167,6 +168,15 @@ def load_index(path, *, check: bool = True) -> DatasetIndex:
                              "write_index).")
     x = inputs if meta["multi_input"] else inputs["x"]
     return DatasetIndex(x, y, meta["class_names"])
+
+
+def _refuse_pack(x, layout: str) -> None:
+    """A pack directory (`keras-npy pack`) is indexed by its manifest."""
+    from keras_npy.packing import MANIFEST, is_pack
+
+    if layout == "auto" and is_pack(x):
+        raise ValueError(f"{x}: a pack directory ({MANIFEST}) needs no index file: its "
+                         f"manifest is its index, and NpyDataset({os.fspath(x)!r}) loads it.")
 
 
 def index_of_directory(x, y, layout, class_names, follow_links, verbose: bool = True):

@@ -41,6 +41,8 @@ def digest(*parts) -> str:
 
 def input_facts(ix) -> dict:
     """What identifies one input's data: its files, their sizes and headers."""
+    if ix.layout == "ragged":  # a pack's variable-length samples (index.RaggedIndex)
+        return ix.fingerprint_facts()
     paths = ix.paths
     names = digest(paths.roots, paths.root_ids, paths._buffer, paths._offsets)
     if ix.layout == "rows":

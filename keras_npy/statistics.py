@@ -138,6 +138,8 @@ def _check_finite(index, ids: np.ndarray, batch: np.ndarray, kept: tuple[int, ..
     if isinstance(index, RowIndex):
         f = int(np.searchsorted(index.row_starts, sample, side="right") - 1)
         place = f"{index.paths[f]}: row {sample - int(index.row_starts[f])}"
+    elif index.layout == "ragged":  # a pack's variable-length samples
+        place = index.describe(sample)
     else:
         place = f"{index.paths[sample]}: the sample"
     raise ValueError(f"{place} of {name} holds {batch[tuple(where)]} at position {position} "

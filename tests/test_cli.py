@@ -211,16 +211,19 @@ def test_stats_bad_axis_and_bad_statistics_file(tree, tmp_path):
     assert not layer.built and layer(np.ones((1, 3), "float32")).shape == (1, 3)
 
 
-@pytest.mark.parametrize("layout", ["files", "rows"])
+@pytest.mark.parametrize("layout", ["files", "rows", "pack"])
 def test_bench_prints_rates_next_to_the_raw_read(tree, tmp_path, layout, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # what the command sets, undone after
     path = tree if layout == "files" else _save(str(tmp_path / "x.npy"),
                                                 np.zeros((5000, 32), "float32"))
+    if layout == "pack":  # the tree's samples as a pack's ragged rows
+        path = tmp_path / "packed"
+        assert _run("pack", tree, path, "-q").returncode == 0
     done = _run("bench", path, "--batches", "3", "--batch-size", "8")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    samples, nbytes = (20, 4 * 3 * sum(4 + k % 10 for k in range(20))) if layout == "files" \
-        else (24, 24 * 128)
+    samples, nbytes = (20, 4 * 3 * sum(4 + k % 10 for k in range(20))) if layout in (
+        "files", "pack") else (24, 24 * 128)
     assert lines[0] == (f"{path}: 3 batches, {samples} samples, {nbytes / 1e6:,.1f} MB of data "
                         "per pass, from the page cache (median of passes)")
     assert lines[1].split() == ["reader", "samples/s", "MB/s", "vs", "raw"]
@@ -347,3 +350,54 @@ def test_a_progress_line_on_a_terminal(monkeypatch):
     quiet = index.Progress(3, verbose=False)
     quiet.add(3)
     assert screen.getvalue().count("\n") == 1
+
+
+def test_pack_writes_what_one_npy_dataset_call_loads(tree, tmp_path):
+    dst = tmp_path / "packed"
+    done = _run("pack", tree, dst, "--shard-size", "300", "-q")
+    assert done.returncode == 0, done.stderr
+    shards = len([n for n in os.listdir(dst) if n.startswith("values-")])
+    assert shards > 1
+    assert re.fullmatch(
+        rf"Packed 20 samples \(ragged, dtype <f4\) into {shards} shards in {re.escape(str(dst))}, "
+        r"2 classes, verified, in \d+\.\d s\. Load it with keras_npy\.NpyDataset\("
+        rf"{re.escape(repr(str(dst)))}\) \(keras_npy_pack\.json\)\.\n", done.stdout)
+    packed = keras_npy.NpyDataset(str(dst), pad_to="longest", batch_size=6, shuffle=True, seed=1)
+    files = keras_npy.NpyDataset(str(tree), "inferred", pad_to="longest", batch_size=6,
+                                 shuffle=True, seed=1)
+    assert packed.class_names == files.class_names == ["cat", "dog"]
+    for (x, y), (fx, fy) in zip((packed[i] for i in range(len(packed))),
+                                (files[i] for i in range(len(files))), strict=True):
+        np.testing.assert_array_equal(x, fx)
+        np.testing.assert_array_equal(y, fy)
+    again = _run("pack", tree, dst, "--shard-size", "300", "-q")  # finished: checked, kept
+    assert again.returncode == 0 and again.stdout.startswith("Packed 20 samples")
+
+
+def test_pack_options_and_refusals(tree, tmp_path):
+    dst = tmp_path / "packed"
+    done = _run("pack", tree, dst, "--labels", "none", "--no-verify", "-q")
+    assert done.returncode == 0, done.stderr
+    assert ", 2 classes" not in done.stdout and ", verified" not in done.stdout
+    assert sorted(os.listdir(dst)) == ["keras_npy_pack.json", "offsets-00000.npy",
+                                       "values-00000.npy"]
+    refused = _run("pack", tree, dst, "-q")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == (
+        f"keras-npy pack: error: {dst}: expected an empty directory or an unfinished pack of "
+        f"{tree}, found a pack (keras_npy_pack.json) of this source with other options "
+        "(labels=None, not 'inferred', class_names=None, not ['cat', 'dog']). Pass force=True "
+        "(--force) to overwrite it.\n")
+    assert _run("pack", tree, dst, "-q", "--force").returncode == 0
+    assert "y-00000.npy" in os.listdir(dst)
+    size = _run("pack", tree, tmp_path / "other", "--shard-size", "lots")
+    assert size.returncode == 1 and size.stderr == (
+        "keras-npy pack: error: `shard_size` must be a positive number of bytes, as an int or "
+        "a string such as \"256MiB\" or \"1GB\". Received: shard_size='lots'\n")
+    missing = _run("pack", tmp_path / "nothing", tmp_path / "other")
+    assert missing.returncode == 1 and missing.stderr == (
+        f"keras-npy pack: error: `src` must be a directory of .npy files; {tmp_path}/nothing "
+        f"does not exist. Received: src='{tmp_path}/nothing'\n")
+    labels = _run("pack", tree, tmp_path / "other", "--labels", "folders")
+    assert labels.returncode == 2 and "argument --labels: invalid choice: 'folders'" in \
+        labels.stderr

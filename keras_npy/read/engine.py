@@ -29,7 +29,7 @@ import weakref
 import numpy as np
 
 from keras_npy import npz
-from keras_npy.index import FileIndex, RowIndex
+from keras_npy.index import FileIndex, RaggedIndex, RowIndex
 from keras_npy.read import copies, guard, local, plan, regions
 from keras_npy.read.buffers import POOL
 from keras_npy.read.handles import TABLE, FileFacts, MapFailed
@@ -67,6 +67,13 @@ class BatchReader:
                  crop: regions.Crop | None = None):
         self.index, self.padding, self.name = index, padding, name
         self._pad_argument = pad_argument
+        if isinstance(index, RaggedIndex) and crop is not None:
+            raise ValueError(f"`crop_to` reads regions of per-sample files and rows files; the "
+                             f"variable-length samples of a pack ({index.paths[0]}) are read "
+                             "whole: pad or truncate them with `pad_to` instead. "
+                             f"Received: crop_to={crop.crop_to!r}")
+        #: The values files of a pack's variable-length samples, or `None`.
+        self._ragged = RaggedFiles(index) if isinstance(index, RaggedIndex) else None
         self.stored = index.dtype
         self.native = index.dtype.newbyteorder("=")
         self.dtype = np.dtype(dtype) if dtype is not None else self.native
@@ -116,6 +123,8 @@ class BatchReader:
                 if out is not None:
                     return out
             out = self._read_rows(ids, advise)
+        elif self._ragged is not None:
+            out = self._read_ragged(_ids_array(ids), advise)
         else:
             out = self._read_files(np.asarray(ids, np.int64), advise)
         return out if self.dtype == self.native else out.astype(self.dtype)
@@ -131,6 +140,8 @@ class BatchReader:
             return self._prefetch_crops(_ids_array(ids), epoch)
         if self._rows is not None:
             return self._rows.prefetch(plan.plan_rows(self._rows.starts, ids))
+        if self._ragged is not None:
+            return self._ragged.prefetch(_ids_array(ids))
         return _prefetch_files(self.index, np.asarray(ids, np.int64))
 
     def nbytes(self, ids) -> int:
@@ -155,10 +166,10 @@ class BatchReader:
             if spec is None and size is None:
                 shapes = self.index.shapes[:, axis]
                 a, b = int(np.argmin(shapes)), int(np.argmax(shapes))
-                paths = self.index.paths
+                where = _sample_place(self.index)
                 found = (f"Samples of {self.name} differ in shape on axis {axis}: "
-                         f"{paths[a]} has shape {tuple(self.index.shapes[a].tolist())}, "
-                         f"{paths[b]} has shape {tuple(self.index.shapes[b].tolist())}.")
+                         f"{where(a)} has shape {tuple(self.index.shapes[a].tolist())}, "
+                         f"{where(b)} has shape {tuple(self.index.shapes[b].tolist())}.")
                 if self._pad_argument == "pad_targets":  # targets keep their own shape
                     raise ValueError(f"{found} Targets keep their own shape unless "
                                      "`pad_targets=True` pads them as x is padded (`pad_to`, "
@@ -237,6 +248,21 @@ class BatchReader:
         if not self._direct:
             source, destination = self.padding.placement(self.index.row_shape, target)
             out[(slice(None), *destination)] = into[(slice(None), *source)]
+        return out
+
+    # Variable-length samples of a pack (`RaggedIndex`).
+
+    def _read_ragged(self, ids: np.ndarray, advise: bool) -> np.ndarray:
+        n, shapes = len(ids), self.index.shapes[ids]
+        target = self.padding.target_shape(self.axes, shapes)
+        fill = n > 0 and bool((shapes != np.array(target, np.int64)).any())
+        out = self._allocate(n, target, fill)
+        if n == 0:
+            return out
+        if advise:
+            self._ragged.prefetch(ids)
+        self._ragged.read(ids, shapes, target, self.padding, out,
+                          direct=self.stored == self.native)
         return out
 
     # Per-sample files.
@@ -482,6 +508,130 @@ def _blocks(rows: np.ndarray, row_ndim: int) -> np.ndarray:
     if rows.size == 0 or not rows.flags.c_contiguous:
         return rows
     return rows.reshape(rows.shape[:rows.ndim - row_ndim] + (-1,)).view(np.uint8)
+
+
+class RaggedFiles:
+    """The values files of a `RaggedIndex` as a reader reads them: each
+    sample is one stretch of bytes of its file. A batch's stretches are read
+    with `preadv`, sorted by place, neighbours (the samples of an unshuffled
+    batch) in one call, each into its slot where it needs no conversion and
+    is padded or truncated (if at all) on its first axis only; the others
+    into scratch buffers, placed with numpy. Files are opened through the
+    table of open files (`handles`): checked against the index when opened."""
+
+    def __init__(self, index: RaggedIndex):
+        self.index, self.itemsize = index, index.dtype.itemsize
+        self.facts = [
+            FileFacts(index.paths[f], int(index.data_offsets[f]),
+                      math.prod(index.file_shapes[f]) * self.itemsize,
+                      tuple(index.file_ids[f].tolist()),
+                      (index.dtype, index.file_shapes[f], False))
+            for f in range(len(index.paths))]
+        self.keys = [facts.key() for facts in self.facts]
+
+    def read(self, ids: np.ndarray, shapes: np.ndarray, target: tuple, padding: Padding,
+             out: np.ndarray, direct: bool) -> None:
+        """Fills `out` (allocated, padding filled) with samples `ids`."""
+        n = len(ids)
+        files, offsets = self.index.locate(ids)
+        # Bytes of one step of each sample's first axis: samples cut there go
+        # straight into their slots.
+        step = (np.prod(shapes[:, 1:], axis=1) * self.itemsize).astype(np.int64)
+        whole = shapes[:, 0] * step
+        straight = (shapes[:, 1:] == np.array(target[1:], np.int64)).all(axis=1) & direct
+        length, size = shapes[:, 0], np.int64(target[0])
+        kept = np.minimum(length, size)
+        source = np.where(length > size, length - size, 0) if padding.truncating == "pre" \
+            else np.zeros(n, np.int64)
+        place = np.where(length < size, size - length, 0) if padding.padding == "pre" \
+            else np.zeros(n, np.int64)
+        starts = np.where(straight, offsets + source * step, offsets)
+        counts = np.where(straight, kept * step, whole)
+        slots = out.reshape(n, -1).view(np.uint8)
+        buffers = [slots[k, p * s:p * s + c] if d else np.empty(c, np.uint8) for k, (d, p, s, c)
+                   in enumerate(zip(straight.tolist(), place.tolist(), step.tolist(),
+                                    counts.tolist()))]
+        self._read_stretches(files, starts, counts, buffers)
+        for k in np.flatnonzero(~straight).tolist():  # converted, or padded inside
+            shape = tuple(shapes[k].tolist())
+            scratch = buffers[k].view(self.index.dtype).reshape(shape)
+            src, destination = padding.placement(shape, target)
+            out[(k, *destination)] = scratch[src]
+
+    def _read_stretches(self, files: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+                        buffers: list) -> None:
+        """Reads stretch `k` (`counts[k]` bytes from `starts[k]` of file
+        `files[k]`) into `buffers[k]`: copied from the file's guarded memory
+        map (as rows are), or, where maps are not guarded or the copy faulted
+        (the file was cut short meanwhile), with one `preadv` per run of
+        stretches that follow each other in the file."""
+        order = np.lexsort((starts, files))
+        files, starts, counts = files[order], starts[order], counts[order]
+        bounds = np.flatnonzero(np.diff(files)) + 1
+        order = order.tolist()
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
+            f = int(files[a])
+            if not self._copy_mapped(f, order[a:b], starts[a:b], buffers):
+                self._pread(f, order[a:b], starts[a:b], counts[a:b], buffers)
+
+    def _copy_mapped(self, f: int, slots: list, starts: np.ndarray, buffers: list) -> bool:
+        """Copies the stretches of file `f` from its guarded map; whether it
+        could (no guarded map here, or a copy that faulted: `False`)."""
+        opened = TABLE.get(self.keys[f], self.facts[f])
+        try:
+            mapped = opened.mapped()
+        except MapFailed:
+            mapped = None
+        if mapped is None or not guard.installed():
+            return False
+        data, offset = mapped.bytes, self.facts[f].data_offset
+        for k, start in zip(slots, (starts - offset).tolist()):
+            target = buffers[k]
+            target[:] = data[start:start + len(target)]
+        if not mapped.poisoned and opened.unchanged():
+            return True
+        TABLE.drop(self.keys[f], opened)  # opened anew (and checked) for the preadv
+        return False
+
+    def _pread(self, f: int, slots: list, starts: np.ndarray, counts: np.ndarray,
+               buffers: list) -> None:
+        """Reads the stretches of file `f` (sorted by place) with `preadv`, one
+        call per run of stretches that follow each other."""
+        new = np.ones(len(slots), bool)
+        new[1:] = starts[1:] != starts[:-1] + counts[:-1]
+        runs = np.flatnonzero(new).tolist() + [len(slots)]
+        opened = TABLE.get(self.keys[f], self.facts[f])
+        for a, b in zip(runs, runs[1:]):
+            chunk = [buffers[k] for k in slots[a:b] if buffers[k].nbytes]
+            if chunk:
+                local.pread_into(self.facts[f].path, opened.fd, chunk, int(starts[a]))
+
+    def prefetch(self, ids: np.ndarray) -> int:
+        """Advises the kernel of the samples' stretches (merged where close)
+        that are not all in the page cache; returns the pages asked for."""
+        files, offsets = self.index.locate(ids)
+        nbytes = np.prod(self.index.shapes[ids], axis=1) * self.itemsize
+        pages = 0
+        for f in np.unique(files[nbytes > 0]).tolist():
+            mine = (files == f) & (nbytes > 0)
+            facts = self.facts[f]
+            order = np.argsort(offsets[mine], kind="stable")
+            merged, lengths = plan.merge_extents(offsets[mine][order] - facts.data_offset,
+                                                 nbytes[mine][order].astype(np.int64))
+            opened = TABLE.get(self.keys[f], facts)
+            for offset, length, missing in _not_cached(opened, merged.tolist(),
+                                                       lengths.tolist()):
+                local.advise(opened.fd, facts.data_offset + offset, length)
+                pages += missing
+        return pages
+
+
+def _sample_place(index):
+    """Names sample `i` of an index in messages: its file, or its place in a
+    pack's values file."""
+    if isinstance(index, RaggedIndex):
+        return index.describe
+    return lambda i: index.paths[i]
 
 
 def _ids_array(ids) -> np.ndarray:
