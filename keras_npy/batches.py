@@ -71,6 +71,9 @@ class BatchSource:
         self.multi_input = isinstance(index.x, dict)
         self.read_ahead = ReadAhead(spec.read_ahead_bytes)
         self._all_readers = [*readers.values(), *([labels.reader] if labels.reader else [])]
+        for reader in self._all_readers:  # whole small files read ahead share the budget
+            if hasattr(reader, "limit_read_ahead"):
+                reader.limit_read_ahead(spec.read_ahead_bytes // len(self._all_readers))
         self._single = None if self.multi_input else readers["x"]
         self._blocks = order.shuffle == "block"
 

@@ -289,6 +289,10 @@ def test_prefetch_asks_for_what_is_not_in_the_page_cache(tmp_path, maps):
     reader = BatchReader(index_source(path), Padding())
     scattered = np.random.default_rng(0).permutation(4096)[:64]
     _evict(path)
+    assert reader.prefetch(scattered) == 1025  # a small file: all of it, for the epoch
+    _wait_until_cached(path, [128, 128 + 4 * 2**20 - 1])
+    reader.limit_read_ahead(2**20)  # a budget under the file: its rows only
+    _evict(path)
     pages = reader.prefetch(scattered)
     assert 64 <= pages <= 64 * 5 < 1025  # a row's pages, or a gap under 16 KiB; not the file
     _wait_until_cached(path, [128 + int(r) * 1024 for r in scattered])

@@ -92,6 +92,13 @@ class BatchReader:
             #: copied straight from the map the last one came from.
             self._plain = self._direct and self.dtype == self.native
 
+    def limit_read_ahead(self, nbytes: int) -> None:
+        """Reads ahead no whole file larger than `nbytes` (a share of the
+        read-ahead's budget)."""
+        for files in (self._rows, self._ragged):
+            if files is not None:
+                files.whole_file_bytes = min(plan.SMALL_FILE_BYTES, nbytes)
+
     def reseed(self, seed: int) -> None:
         """Takes another seed (a restored state's), for random crops."""
         if self._crop is not None:
@@ -316,6 +323,11 @@ class RowFiles:
     """The files of a `RowIndex` as a reader reads them: their facts, keys in
     the table of open files, and the rows each holds."""
 
+    #: Files of at most this many data bytes are read ahead whole when rows
+    #: are scattered over them (`plan.whole_if_small`); the read-ahead's budget
+    #: lowers it.
+    whole_file_bytes = plan.SMALL_FILE_BYTES
+
     def __init__(self, index: RowIndex):
         self.index, self.row_nbytes = index, index.row_nbytes
         self.starts = index.row_starts.tolist()
@@ -494,7 +506,8 @@ class RowFiles:
                 continue  # strided rows: a stretch per element is not worth asking for
             facts = self.facts[f]
             opened = TABLE.get(self.keys[f], facts)
-            offsets, lengths = self._extents(part)
+            offsets, lengths = plan.whole_if_small(*self._extents(part), facts.nbytes,
+                                                   self.whole_file_bytes)
             for offset, length, missing in _not_cached(opened, offsets.tolist(),
                                                        lengths.tolist()):
                 local.advise(opened.fd, facts.data_offset + offset, length)
@@ -518,6 +531,8 @@ class RaggedFiles:
     is padded or truncated (if at all) on its first axis only; the others
     into scratch buffers, placed with numpy. Files are opened through the
     table of open files (`handles`): checked against the index when opened."""
+
+    whole_file_bytes = plan.SMALL_FILE_BYTES  # as `RowFiles`'
 
     def __init__(self, index: RaggedIndex):
         self.index, self.itemsize = index, index.dtype.itemsize
@@ -616,8 +631,9 @@ class RaggedFiles:
             mine = (files == f) & (nbytes > 0)
             facts = self.facts[f]
             order = np.argsort(offsets[mine], kind="stable")
-            merged, lengths = plan.merge_extents(offsets[mine][order] - facts.data_offset,
-                                                 nbytes[mine][order].astype(np.int64))
+            merged, lengths = plan.whole_if_small(*plan.merge_extents(
+                offsets[mine][order] - facts.data_offset, nbytes[mine][order].astype(np.int64)),
+                facts.nbytes, self.whole_file_bytes)
             opened = TABLE.get(self.keys[f], facts)
             for offset, length, missing in _not_cached(opened, merged.tolist(),
                                                        lengths.tolist()):

@@ -24,6 +24,10 @@ import numpy as np
 #: Rows closer than this many bytes are read ahead as one stretch: reading the
 #: gap costs less than a request of its own (a shard's every k-th row).
 MERGE_GAP_BYTES = 16 * 2**10
+#: Scattered rows of a file of at most this many data bytes are read ahead as
+#: the whole file: an epoch in a shuffled order needs all of it, and a whole
+#: 20 MB file arrived 15x sooner than its rows asked for page by page.
+SMALL_FILE_BYTES = 64 * 2**20
 
 
 class Run(NamedTuple):
@@ -163,6 +167,15 @@ def row_extents(part, row_nbytes: int) -> tuple[np.ndarray, np.ndarray]:
     rows = np.unique(part.rows)
     span = part.span if isinstance(part, Windows) else 1
     return merge_extents(rows * row_nbytes, np.full(len(rows), span * row_nbytes, np.int64))
+
+
+def whole_if_small(offsets: np.ndarray, lengths: np.ndarray, file_nbytes: int,
+                   most: int = SMALL_FILE_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """The extents, or the whole file's data (`most` bytes at most) in their
+    place when they are scattered over it."""
+    if len(offsets) > 1 and file_nbytes <= most:
+        return np.zeros(1, np.int64), np.array([file_nbytes], np.int64)
+    return offsets, lengths
 
 
 def merge_extents(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
