@@ -29,7 +29,7 @@ import weakref
 import numpy as np
 
 from keras_npy.index import FileIndex, RowIndex
-from keras_npy.read import copies, guard, local, plan, regions
+from keras_npy.read import copies, guard, local, plan, regions, remote
 from keras_npy.read.buffers import POOL
 from keras_npy.read.handles import TABLE, FileFacts, MapFailed
 from keras_npy.read.padding import Padding, check_pad_value
@@ -75,7 +75,14 @@ class BatchReader:
         self._check_kept_axes()
         self._crop_shape = None if crop is None else self._check_crop()
         self.pad_value = check_pad_value(padding.pad_value, self.native)
+        #: `remote.RemoteRows` or `remote.RemoteFiles` for URLs; `None` for local files.
+        self._remote = remote.reader_of(index)
+        if self._remote is not None and crop is not None:
+            raise ValueError(f"{index.paths[0]}: `crop_to` is not supported for data read "
+                             f"from URLs. Received: crop_to={crop.crop_to!r}")
         self._rows = RowFiles(index) if isinstance(index, RowIndex) else None
+        if self._rows is not None and self._remote is not None:
+            self._rows = self._remote
         if self._rows is not None:
             self._row_target = padding.target_shape(
                 self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
@@ -124,7 +131,7 @@ class BatchReader:
         crops) into the page cache in the background, unless probes find them
         there; returns the pages asked for (0 when cached, or where the
         system takes no such hint)."""
-        if not local.can_advise() or len(ids) == 0:
+        if not local.can_advise() or len(ids) == 0 or self._remote is not None:
             return 0
         if self._crop is not None:
             return self._prefetch_crops(_ids_array(ids), epoch)
@@ -229,6 +236,9 @@ class BatchReader:
             return out
         into = out if self._direct else np.empty((n, *self.index.row_shape), self.stored)
         parts = plan.plan_rows(rows.starts, ids)
+        if self._remote is not None:
+            self._remote.read_parts(parts, into)  # every part's ranges in flight together
+            parts = []
         if advise:
             rows.prefetch(parts)
         for part in parts:
@@ -248,7 +258,7 @@ class BatchReader:
         out = self._allocate(n, target, fill)
         if n == 0:
             return out
-        if advise:
+        if advise and self._remote is None:
             _prefetch_files(index, ids)
         itemsize = self.stored.itemsize
         nbytes = np.prod(shapes, axis=1) * itemsize
@@ -265,7 +275,7 @@ class BatchReader:
                    enumerate(zip(direct.tolist(), starts.tolist(), nbytes.tolist()))]
         paths, heads = index.paths.select(ids), index.data_offsets[ids].tolist()
         sizes, crcs = nbytes.tolist(), index.header_crc32[ids].tolist()
-        done = 0
+        done = 0 if self._remote is None else self._remote.read_samples(ids, buffers, sizes)
         while done < n:
             bad = local.read_samples(paths[done:], heads[done:], buffers[done:], sizes[done:],
                                      crcs[done:])
