@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks import (cold, common, crops, files, fit, index, limits, memory, resume, rows,
-                        scale, sequences, windows)
+from benchmarks import (cold, common, crops, files, fit, index, limits, memory, remote,
+                        resume, rows, scale, sequences, windows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
             windows.run(results, root, max(8192, int(10**6 * size)), tf)
         if "crops" in chosen:  # samples of 4 MiB, as files and as one rows file
             crops.run(results, root, max(2 * crops.BATCH, int(192 * size)))
+        if "remote" in chosen and importlib.util.find_spec("moto"):  # 16 MiB of 1 KiB rows
+            remote.run(results, root, max(8 * remote.BATCH, int(16_384 * size)))
         results.finish()  # the last group's rates, while its files are there
     return _report(args, time.perf_counter() - started,
                    [dataclasses.asdict(f) for f in results.figures], scaling)
@@ -136,7 +138,7 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
 
 
 GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale",
-          "resume", "windows", "crops")
+          "resume", "windows", "crops", "remote")
 
 
 def format_table(figures: list[dict]) -> str:

@@ -51,6 +51,9 @@ from keras_npy.read import plan
 HEADER_BYTES = 4096
 #: Ranges in flight at once.
 MAX_IN_FLIGHT = 64
+#: Bytes of gaps between a batch's rows that its ranges may read, as a fraction
+#: of the rows' bytes: the smallest gaps are merged first, within this budget.
+GAP_BUDGET = 0.1
 #: Blocks of the local cache (`cache_dir`).
 CACHE_BLOCK_BYTES = 2**20
 #: The cache's default limit.
@@ -457,10 +460,30 @@ def check_unchanged(store: Store, url: str, file_id: tuple) -> None:
         _CHECKED.setdefault(os.getpid(), set()).add(key)
 
 
+def row_ranges(part, row_nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(offsets, lengths)` from a file's row 0 of the ranges that read the
+    rows of a part: a run is one range; scattered rows are sorted, adjacent
+    rows merged, and then the smallest gaps between ranges, as long as the
+    gaps read stay within `GAP_BUDGET` of the rows' bytes (a request costs
+    more than a few bytes; a whole object is never read for a few rows)."""
+    if isinstance(part, plan.Run):
+        return plan.row_extents(part, row_nbytes)
+    rows = np.unique(np.asarray(part.rows, np.int64))
+    if len(rows) <= 1:
+        return rows * row_nbytes, np.full(len(rows), row_nbytes, np.int64)
+    gaps = (np.diff(rows) - 1) * row_nbytes
+    order = np.argsort(gaps, kind="stable")
+    merged = np.zeros(len(gaps), bool)
+    merged[order] = np.cumsum(gaps[order]) <= GAP_BUDGET * len(rows) * row_nbytes
+    first = np.flatnonzero(np.concatenate([[True], ~merged]))
+    last = np.concatenate([first[1:] - 1, [len(rows) - 1]])
+    return rows[first] * row_nbytes, (rows[last] - rows[first] + 1) * row_nbytes
+
+
 class RemoteRows:
     """The objects of a `RowIndex` of URLs, read as `engine.RowFiles` reads
     files: a batch's parts (`plan.plan_rows`) become ranges, adjacent and
-    near rows merged (`plan.row_extents`), all read at once."""
+    near rows merged (`row_ranges`), all read at once."""
 
     def __init__(self, index):
         self.index, self.store, self.row_nbytes = index, index.store, index.row_nbytes
@@ -496,7 +519,7 @@ class RemoteRows:
                 offsets.append(first + part.row * self.row_nbytes)
                 buffers.append(target[part.slot:part.slot + part.count].reshape(-1))
                 continue
-            starts, lengths = plan.row_extents(part, self.row_nbytes)
+            starts, lengths = row_ranges(part, self.row_nbytes)
             for start, length in zip(starts.tolist(), lengths.tolist()):
                 urls.append(url)
                 offsets.append(first + start)
