@@ -207,6 +207,15 @@ def test_fit_reads_batches_from_the_bucket(s3, data):
     assert all(np.isfinite(history.history["loss"]))
 
 
+def test_normalization_layer_of_objects_is_that_of_the_local_files(s3, data):
+    local, url = data
+    remote_layer = keras_npy.normalization_layer(f"{url}/rows/x.npy", storage_options=s3[1],
+                                                 verbose=False)
+    local_layer = keras_npy.normalization_layer(f"{local}/rows/x.npy", verbose=False)
+    np.testing.assert_array_equal(remote_layer.mean, local_layer.mean)
+    np.testing.assert_array_equal(remote_layer.variance, local_layer.variance)
+
+
 def test_a_header_costs_one_ranged_request_per_object(s3, data, requests):
     url = data[1]
     keras_npy.NpyDataset(f"{url}/seq", storage_options=s3[1], pad_to="longest")
