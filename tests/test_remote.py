@@ -291,6 +291,19 @@ def test_block_cache_stays_under_its_limit_and_serves_a_second_pass(s3, data, re
     assert sum(e.stat().st_size for e in os.scandir(tmp_path / "small")) <= 3 * 2**20
 
 
+def test_block_cache_serves_per_sample_objects(s3, data, requests, tmp_path):
+    local, url = data
+    kwargs = dict(y="inferred", batch_size=5, shuffle=True, seed=2)
+    ds = keras_npy.NpyDataset(f"{url}/files", storage_options=s3[1],
+                              cache_dir=str(tmp_path / "cache"), **kwargs)
+    expected = _batches(keras_npy.NpyDataset(f"{local}/files", **kwargs))
+    _assert_same(_batches(ds), expected)
+    requests.clear()
+    _assert_same(_batches(ds), expected)
+    assert requests.gets() == []
+    assert len(os.listdir(tmp_path / "cache")) == 24  # one block per object
+
+
 def test_range_file_reads_exact_ranges(s3, data):
     url = f"{data[1]}/rows/x.npy"
     file = remote.RangeFile(url, remote.Store(s3[1]))

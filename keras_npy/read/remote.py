@@ -230,33 +230,41 @@ def read_ranges(store: Store, urls: list[str], offsets: list[int], buffers: list
 
 def _fetch(store: Store, urls, offsets, lengths, buffers) -> int:
     """Reads ranges from the filesystems (see `read_ranges`)."""
-    if not urls:
-        return 0
-    fs, _ = store.filesystem(urls[0])
-    paths = [store.filesystem(u)[1] for u in urls]
-    ends = [o + n for o, n in zip(offsets, lengths)]
-    if getattr(fs, "async_impl", False) and len({u.split("://", 1)[0] for u in urls}) == 1:
-        results = fs.cat_ranges(paths, list(offsets), ends, on_error="return",
-                                batch_size=MAX_IN_FLIGHT)
-    else:
-        def one(k):
-            try:
-                f, path = store.filesystem(urls[k])
-                return f.cat_file(path, start=offsets[k], end=ends[k])
-            except Exception as e:  # handed back, raised below naming the URL
-                return e
-
-        with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(urls))) as pool:
-            results = list(pool.map(one, range(len(urls))))
+    results = _cat(store, urls, offsets, [o + n for o, n in zip(offsets, lengths)])
     for k, result in enumerate(results):
-        if isinstance(result, BaseException):
-            raise error_of(urls[k], result) from result
         if len(result) != lengths[k]:
             raise ValueError(f"{urls[k]}: expected {lengths[k]} bytes from byte {offsets[k]}, "
                              f"found {len(result)}; the object is shorter than its header "
                              "says, or changed after the dataset was built.")
         buffers[k][...] = np.frombuffer(result, np.uint8)
     return int(sum(lengths))
+
+
+def _cat(store: Store, urls: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+    """The bytes `starts[k]` to `ends[k]` (exclusive; fewer where an object
+    ends first) of each of `urls`, `MAX_IN_FLIGHT` requests in flight:
+    `cat_ranges` of an async filesystem (s3fs runs them on its event loop),
+    else a thread pool. An error raises the `ValueError` naming its URL."""
+    if not urls:
+        return []
+    located = [store.filesystem(url) for url in urls]
+    fs = located[0][0]
+    if getattr(fs, "async_impl", False) and all(f is fs for f, _ in located):
+        results = fs.cat_ranges([p for _, p in located], list(starts), list(ends),
+                                on_error="return", batch_size=MAX_IN_FLIGHT)
+    else:
+        def one(k):
+            try:
+                return located[k][0].cat_file(located[k][1], start=starts[k], end=ends[k])
+            except Exception as e:  # handed back, raised below naming the URL
+                return e
+
+        with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(urls))) as pool:
+            results = list(pool.map(one, range(len(urls))))
+    for url, result in zip(urls, results):
+        if isinstance(result, BaseException):
+            raise error_of(url, result) from result
+    return results
 
 
 def read_header(file: RangeFile) -> header_lib.NpyHeader:
@@ -543,7 +551,9 @@ class RemoteFiles:
     """The objects of a `FileIndex` of URLs: each sample read with one ranged
     request of its header and data and one byte more (the header checked
     against the index by its CRC-32, the size by the byte more, as
-    `local.read_samples` checks files), all of a batch's in flight."""
+    `local.read_samples` checks files), all of a batch's in flight. With a
+    block cache, the objects as indexed (header and data) are read through it,
+    keyed by their size and header CRC-32."""
 
     def __init__(self, index):
         self.index, self.store = index, index.store
@@ -555,45 +565,25 @@ class RemoteFiles:
         urls = index.paths.select(ids)
         heads = index.data_offsets[ids].tolist()
         crcs = index.header_crc32[ids].tolist()
-        reads = [np.empty(h + n + 1, np.uint8) for h, n in zip(heads, nbytes)]
         lengths = [h + n for h, n in zip(heads, nbytes)]
-        results = self._fetch_tolerant(urls, reads)
+        if self.store.cache_dir is not None:  # the objects as indexed, in blocks
+            reads = [np.empty(n, np.uint8) for n in lengths]
+            identities = [(n, f"crc32 {c}") for n, c in zip(lengths, crcs)]
+            read_ranges(self.store, urls, [0] * len(urls), reads, identities)
+            found = lengths
+        else:  # one byte more: an object that grew shows as one that shrank does
+            results = _cat(self.store, urls, [0] * len(urls), [n + 1 for n in lengths])
+            reads = [np.frombuffer(r, np.uint8) for r in results]
+            found = [len(r) for r in results]
         for k, url in enumerate(urls):
-            found = results[k]
-            if found != lengths[k] or zlib.crc32(reads[k][:heads[k]]) != crcs[k]:
+            if found[k] != lengths[k] or zlib.crc32(reads[k][:heads[k]]) != crcs[k]:
                 raise ValueError(
                     f"{url}: expected {lengths[k]} bytes with the header read when the dataset "
-                    f"was built, found {found if found <= lengths[k] else 'more'} bytes"
-                    f"{'' if found != lengths[k] else ' and another header'}; the object "
+                    f"was built, found {found[k] if found[k] <= lengths[k] else 'more'} bytes"
+                    f"{'' if found[k] != lengths[k] else ' and another header'}; the object "
                     "changed after the dataset was built.")
             buffers[k][...] = reads[k][heads[k]:lengths[k]]
         return len(ids)
-
-    def _fetch_tolerant(self, urls, reads) -> list[int]:
-        """Reads ranges that may come back shorter (the byte more): returns
-        the bytes each got."""
-        fs, _ = self.store.filesystem(urls[0])
-        paths = [self.store.filesystem(u)[1] for u in urls]
-        ends = [len(r) for r in reads]
-        if getattr(fs, "async_impl", False):
-            results = fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return",
-                                    batch_size=MAX_IN_FLIGHT)
-        else:
-            def one(k):
-                try:
-                    return fs.cat_file(paths[k], start=0, end=ends[k])
-                except Exception as e:  # raised below, naming the URL
-                    return e
-
-            with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(urls))) as pool:
-                results = list(pool.map(one, range(len(urls))))
-        found = []
-        for k, result in enumerate(results):
-            if isinstance(result, BaseException):
-                raise error_of(urls[k], result) from result
-            reads[k][:len(result)] = np.frombuffer(result, np.uint8)
-            found.append(len(result))
-        return found
 
 
 def reader_of(index):
