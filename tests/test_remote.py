@@ -431,6 +431,26 @@ def test_worker_processes_open_their_own_connections(s3, data):
     assert all(np.isfinite(history.history["loss"]))
 
 
+def test_a_filesystem_without_async_reads_through_threads(data):
+    import fsspec
+
+    local = data[0]
+    memory = fsspec.filesystem("memory")
+    for key in ("rows/x.npy", "rows/y.npy", "files/cat/001.npy", "files/dog/000.npy"):
+        memory.pipe(f"/keras-npy-sync/{key}", open(f"{local}/{key}", "rb").read())
+    ds = keras_npy.NpyDataset("memory://keras-npy-sync/rows/x.npy",
+                              "memory://keras-npy-sync/rows/y.npy", batch_size=64, shuffle=True,
+                              seed=3)
+    expected = keras_npy.NpyDataset(f"{local}/rows/x.npy", f"{local}/rows/y.npy",
+                                    batch_size=64, shuffle=True, seed=3)
+    _assert_same(_batches(ds), _batches(expected))
+    files = keras_npy.NpyDataset("memory://keras-npy-sync/files", y="inferred", batch_size=2)
+    x, y = files[0]
+    np.testing.assert_array_equal(x, np.stack([np.load(f"{local}/files/cat/001.npy"),
+                                               np.load(f"{local}/files/dog/000.npy")]))
+    assert y.tolist() == [0, 1] and files.class_names == ["cat", "dog"]
+
+
 def test_import_keras_npy_does_not_import_fsspec():
     code = ("import sys, keras_npy; keras_npy.NpyDataset; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fsspec', 's3fs')))")

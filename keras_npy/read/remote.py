@@ -183,14 +183,25 @@ class RangeFile:
 
     Raises:
         ValueError: the object cannot be found or read (the message names the URL).
+
+    Example (fsspec's in-memory filesystem; `s3://` URLs read the same way):
+
+    >>> import io, fsspec, numpy as np
+    >>> buffer = io.BytesIO()
+    >>> np.save(buffer, np.arange(4, dtype="<i4"))
+    >>> with fsspec.open("memory://keras-npy-doc/x.npy", "wb") as f:
+    ...     _ = f.write(buffer.getvalue())
+    >>> file = RangeFile("memory://keras-npy-doc/x.npy")
+    >>> file.size, np.frombuffer(file.read(128 + 4, 8), "<i4").tolist()
+    (144, [1, 2])
     """
 
     def __init__(self, url: str, store: Store | None = None, info: dict | None = None):
         self.url, self.store = url, store or Store()
-        self.fs, self.path = self.store.filesystem(url)
         if info is None:
+            fs, path = self.store.filesystem(url)
             try:
-                info = self.fs.info(self.path)
+                info = fs.info(path)
             except OSError as e:
                 raise error_of(url, e) from e
             if info.get("type", "file") != "file":
