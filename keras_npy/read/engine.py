@@ -82,7 +82,7 @@ class BatchReader:
                              f"from URLs. Received: crop_to={crop.crop_to!r}")
         self._rows = RowFiles(index) if isinstance(index, RowIndex) else None
         if self._rows is not None and self._remote is not None:
-            self._rows = self._remote
+            self._rows = self._remote  # the same questions answered over ranged requests
         if self._rows is not None:
             self._row_target = padding.target_shape(
                 self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
