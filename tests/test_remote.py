@@ -320,6 +320,16 @@ def test_range_file_reads_exact_ranges(s3, data):
 def test_errors_name_the_url(s3, data):
     _, options, client = s3
     url = data[1]
+    empty = _put(client, "empty/x.npy", body=b"")
+    with pytest.raises(ValueError) as e:
+        keras_npy.NpyDataset(empty, storage_options=options)
+    assert str(e.value) == (f"{empty}: expected a .npy file starting with the magic string "
+                            "b'\\x93NUMPY', found b''.")
+    text = _put(client, "text/x.npy", body=b"not an array at all")
+    with pytest.raises(ValueError) as e:
+        keras_npy.NpyDataset(text, storage_options=options)
+    assert str(e.value) == (f"{text}: expected a .npy file starting with the magic string "
+                            "b'\\x93NUMPY', found b'not an'.")
     with pytest.raises(ValueError) as e:
         keras_npy.NpyDataset("s3://no-such-bucket-here/x.npy", storage_options=options)
     assert str(e.value) == ("s3://no-such-bucket-here/x.npy: cannot read the object: not found "

@@ -256,6 +256,12 @@ def _cat(store: Store, urls: list[str], starts: list[int], ends: list[int]) -> l
     ends first) of each of `urls`, `MAX_IN_FLIGHT` requests in flight:
     `cat_ranges` of an async filesystem (s3fs runs them on its event loop),
     else a thread pool. An error raises the `ValueError` naming its URL."""
+    empty = [k for k in range(len(urls)) if ends[k] <= starts[k]]
+    if empty:  # no request for no bytes (S3 refuses an empty range)
+        wanted = [k for k in range(len(urls)) if ends[k] > starts[k]]
+        found = iter(_cat(store, [urls[k] for k in wanted], [starts[k] for k in wanted],
+                          [ends[k] for k in wanted]))
+        return [b"" if ends[k] <= starts[k] else next(found) for k in range(len(urls))]
     if not urls:
         return []
     located = [store.filesystem(url) for url in urls]
