@@ -389,7 +389,8 @@ def test_a_denied_request_names_the_url(s3, data):
                        "Resource": f"arn:aws:s3:::{denied}/*"}]}))
     with pytest.raises(ValueError) as e:
         keras_npy.NpyDataset(f"s3://{denied}/x.npy", storage_options=options)
-    assert str(e.value) == f"s3://{denied}/x.npy: cannot read the object: access denied (Forbidden)."
+    assert str(e.value) == (f"s3://{denied}/x.npy: cannot read the object: access denied "
+                            "(Forbidden).")
 
 
 def test_storage_arguments_are_checked_at_the_door(s3, data):

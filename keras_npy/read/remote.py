@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import glob
 import hashlib
-import math
 import os
 import re
 import threading
