@@ -462,6 +462,35 @@ def test_a_filesystem_without_async_reads_through_threads(data):
     assert y.tolist() == [0, 1] and files.class_names == ["cat", "dog"]
 
 
+def test_a_forked_child_reads_over_connections_of_its_own(s3, data):
+    import signal
+    import time
+
+    local, url = data
+    x = np.load(f"{local}/rows/x.npy")
+    ds = keras_npy.NpyDataset(f"{url}/rows/x.npy", storage_options=s3[1], batch_size=10)
+    np.testing.assert_array_equal(ds[0], x[:10])  # the parent's filesystem and event loop
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = np.array_equal(ds[7], x[70:80])
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung for 60 s")
+    assert status == 0
+    np.testing.assert_array_equal(ds[1], x[10:20])  # the parent's go on
+
+
 def test_import_keras_npy_does_not_import_fsspec():
     code = ("import sys, keras_npy; keras_npy.NpyDataset; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fsspec', 's3fs')))")
