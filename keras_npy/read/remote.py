@@ -5,7 +5,7 @@ One job: bytes of remote objects, never a whole object unless asked for.
 - `is_url(path)`: whether a path is a URL (`scheme://...`) rather than a
   local path.
 - `Store`: how URLs are opened: fsspec's `storage_options`, and an optional
-  local block cache (`cache_dir`, `cache_bytes`). Small and picklable:
+  local block cache (`cache_dir`, `cache_bytes`; see `cache`). Small and picklable:
   filesystem objects (with their live connections) are made lazily in the
   process that reads, and dropped when pickled (fsspec caches one instance
   per process and makes new ones after a fork).
@@ -31,7 +31,6 @@ it.
 
 from __future__ import annotations
 
-import collections
 import glob
 import hashlib
 import os
@@ -53,10 +52,6 @@ MAX_IN_FLIGHT = 64
 #: Bytes of gaps between a batch's rows that its ranges may read, as a fraction
 #: of the rows' bytes: the smallest gaps are merged first, within this budget.
 GAP_BUDGET = 0.1
-#: Blocks of the local cache (`cache_dir`).
-CACHE_BLOCK_BYTES = 2**20
-#: The cache's default limit.
-CACHE_BYTES = 2**30
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _INSTALL = 'pip install "keras-npy[s3]"'
 
@@ -94,7 +89,7 @@ class Store:
             `{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}`.
             Defaults to `None`.
         cache_dir: a local folder for a cache of the objects' bytes, in blocks
-            of `CACHE_BLOCK_BYTES`, or `None` for no cache. Defaults to `None`.
+            of `cache.BLOCK_BYTES` (1 MiB), or `None` for no cache. Defaults to `None`.
         cache_bytes: the cache's limit in bytes (least recently used blocks
             go first). Defaults to `None`: 1 GiB.
     """
@@ -103,7 +98,7 @@ class Store:
                  cache_bytes: int | None = None):
         self.storage_options = dict(storage_options or {})
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
-        self.cache_bytes = CACHE_BYTES if cache_bytes is None else int(cache_bytes)
+        self.cache_bytes = 2**30 if cache_bytes is None else int(cache_bytes)
         self._filesystems, self._cache, self._lock = {}, None, threading.Lock()
 
     def __getstate__(self):
@@ -130,9 +125,12 @@ class Store:
         return fs, fs._strip_protocol(url)
 
     @property
-    def cache(self) -> "BlockCache | None":
+    def cache(self):
+        """This process's `cache.BlockCache` of `cache_dir`, or `None`."""
         if self.cache_dir is None:
             return None
+        from keras_npy.read.cache import BlockCache
+
         with self._lock:
             if self._cache is None:
                 self._cache = BlockCache(self.cache_dir, self.cache_bytes)
@@ -234,7 +232,8 @@ def read_ranges(store: Store, urls: list[str], offsets: list[int], buffers: list
     """
     cache = store.cache if identities is not None else None
     if cache is not None:
-        return cache.read(store, urls, offsets, buffers, identities)
+        return cache.read(lambda *ranges: _fetch(store, *ranges), urls, offsets, buffers,
+                          identities)
     return _fetch(store, urls, offsets, [len(b) for b in buffers], buffers)
 
 
@@ -607,134 +606,3 @@ def reader_of(index):
     if getattr(index, "store", None) is None:
         return None
     return RemoteRows(index) if index.layout == "rows" else RemoteFiles(index)
-
-
-# The block cache.
-
-
-class BlockCache:
-    """A local cache of objects' bytes in fixed-size blocks, one file per
-    block in `directory`, keyed by `(URL, identity, block number)`: a changed
-    object has other keys. Past `limit` bytes the least recently used blocks
-    are deleted. Safe for threads; processes sharing a folder each keep their
-    own count (a block another process wrote is used, and counted, when
-    found). The blocks already in the folder are counted when it is opened.
-
-    Args:
-        directory: the folder (made if missing).
-        limit: the most bytes the blocks may hold.
-    """
-
-    def __init__(self, directory: str, limit: int):
-        self.directory, self.limit = directory, limit
-        os.makedirs(directory, exist_ok=True)
-        self._lock = threading.Lock()
-        self._blocks: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self.nbytes = 0
-        names = [e for e in os.scandir(directory) if e.name.endswith(".block")]
-        for entry in sorted(names, key=lambda e: e.stat().st_mtime_ns):
-            self._blocks[entry.name] = entry.stat().st_size
-            self.nbytes += entry.stat().st_size
-        self._evict()
-
-    def read(self, store: Store, urls, offsets, buffers, identities) -> int:
-        """`read_ranges` through the cache: missing blocks fetched (runs of
-        adjacent missing blocks of an object as one range, all at once),
-        stored, and the ranges copied out of the blocks. Returns the bytes
-        fetched."""
-        wanted = {}  # block name -> (url, identity, block number)
-        for url, offset, buffer, identity in zip(urls, offsets, buffers, identities):
-            for number in self._numbers(offset, len(buffer)):
-                wanted[self._name(url, identity, number)] = (url, identity, number)
-        blocks = {name: self._get(name) for name in wanted}
-        missing = sorted((wanted[n] for n, data in blocks.items() if data is None),
-                         key=lambda m: (m[0], m[2]))
-        fetched = self._fetch_blocks(store, missing, blocks)
-        for url, offset, buffer, identity in zip(urls, offsets, buffers, identities):
-            self._copy_out(url, identity, offset, buffer, blocks)
-        return fetched
-
-    @staticmethod
-    def _numbers(offset: int, nbytes: int) -> range:
-        if nbytes == 0:
-            return range(0)
-        return range(offset // CACHE_BLOCK_BYTES, (offset + nbytes - 1) // CACHE_BLOCK_BYTES + 1)
-
-    @staticmethod
-    def _name(url: str, identity, number: int) -> str:
-        key = f"{url}\0{identity[0]}\0{identity[1]}\0{number}".encode()
-        return hashlib.blake2b(key, digest_size=16).hexdigest() + ".block"
-
-    def _fetch_blocks(self, store: Store, missing: list, blocks: dict) -> int:
-        runs = []  # [url, identity, first block, count]
-        for url, identity, number in missing:
-            last = runs[-1] if runs else None
-            if last and last[0] == url and last[2] + last[3] == number:
-                last[3] += 1
-            else:
-                runs.append([url, identity, number, 1])
-        if not runs:
-            return 0
-        urls, offsets, buffers = [], [], []
-        for url, identity, first, count in runs:
-            start = first * CACHE_BLOCK_BYTES
-            end = min(identity[0], (first + count) * CACHE_BLOCK_BYTES)
-            if end <= start:
-                raise ValueError(f"{url}: expected bytes from {start}, found an object of "
-                                 f"{identity[0]} bytes.")
-            urls.append(url), offsets.append(start), buffers.append(np.empty(end - start, np.uint8))
-        fetched = _fetch(store, urls, offsets, [len(b) for b in buffers], buffers)
-        for (url, identity, first, count), buffer in zip(runs, buffers):
-            for k in range(count):
-                data = buffer[k * CACHE_BLOCK_BYTES:(k + 1) * CACHE_BLOCK_BYTES].tobytes()
-                name = self._name(url, identity, first + k)
-                blocks[name] = data
-                self._put(name, data)
-        return fetched
-
-    def _copy_out(self, url, identity, offset: int, buffer: np.ndarray, blocks: dict) -> None:
-        done = 0
-        for number in self._numbers(offset, len(buffer)):
-            data = blocks[self._name(url, identity, number)]
-            start = offset + done - number * CACHE_BLOCK_BYTES
-            take = min(len(buffer) - done, len(data) - start)
-            if take <= 0:
-                raise ValueError(f"{url}: expected {len(buffer)} bytes from byte {offset}, "
-                                 f"found an object of {identity[0]} bytes; the object is "
-                                 "shorter than its header says.")
-            buffer[done:done + take] = np.frombuffer(data, np.uint8, take, start)
-            done += take
-
-    def _get(self, name: str) -> bytes | None:
-        try:
-            with open(os.path.join(self.directory, name), "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        with self._lock:
-            if name not in self._blocks:  # written by another process
-                self._blocks[name] = len(data)
-                self.nbytes += len(data)
-            self._blocks.move_to_end(name)
-        return data
-
-    def _put(self, name: str, data: bytes) -> None:
-        path = os.path.join(self.directory, name)
-        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)  # readers see a whole block or none
-        with self._lock:
-            self.nbytes += len(data) - self._blocks.pop(name, 0)
-            self._blocks[name] = len(data)
-            self._evict()
-
-    def _evict(self) -> None:
-        """Deletes least recently used blocks while past the limit (lock held)."""
-        while self.nbytes > self.limit and self._blocks:
-            name, size = self._blocks.popitem(last=False)
-            self.nbytes -= size
-            try:
-                os.remove(os.path.join(self.directory, name))
-            except OSError:
-                pass  # deleted by another process
