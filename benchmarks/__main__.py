@@ -29,7 +29,7 @@ import tempfile
 import time
 
 from benchmarks import (cold, common, crops, files, fit, index, limits, memory, npz, pack,
-                        resume, rows, scale, sequences, windows)
+                        remote, resume, rows, scale, sequences, windows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
             npz.run(results, root, num_rows, num_files // 4)
         if "pack" in chosen:  # 1 KiB per-sample files against their pack, cold
             pack.run(results, root, num_files)
+        if "remote" in chosen and importlib.util.find_spec("moto"):  # 16 MiB of 1 KiB rows
+            remote.run(results, root, max(8 * remote.BATCH, int(16_384 * size)))
         results.finish()  # the last group's rates, while its files are there
     return _report(args, time.perf_counter() - started,
                    [dataclasses.asdict(f) for f in results.figures], scaling)
@@ -140,7 +142,7 @@ def _report(args, seconds: float, figures: list[dict], scaling) -> dict:
 
 
 GROUPS = ("limits", "index", "rows", "files", "cold", "fit", "sequences", "memory", "scale",
-          "resume", "windows", "crops", "npz", "pack")
+          "resume", "windows", "crops", "npz", "pack", "remote")
 
 
 def format_table(figures: list[dict]) -> str:

@@ -6,6 +6,7 @@ argument."""
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -185,3 +186,21 @@ def check_crop(crop_to, crop_position, pad_to, pad_targets=False) -> None:
         raise ValueError("`crop_to` cuts the samples of x, not targets, and `pad_targets` pads "
                          "targets as x is padded: pass one of them. "
                          f"Received: crop_to={crop_to!r}, pad_targets=True")
+
+
+def check_storage(storage_options, cache_dir, cache_bytes) -> None:
+    """The object-storage arguments (`storage_options`, `cache_dir`, `cache_bytes`)."""
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise TypeError("`storage_options` must be None or a dict of the filesystem's keyword "
+                        "arguments (as `fsspec.filesystem` takes them). "
+                        f"Received: storage_options={storage_options!r}")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError("`cache_dir` must be None or the path of a local folder. "
+                        f"Received: cache_dir={cache_dir!r}")
+    if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(
+            cache_bytes, numbers.Integral) or cache_bytes < 1):
+        raise ValueError("`cache_bytes` must be None or a positive integer. "
+                         f"Received: cache_bytes={cache_bytes!r}")
+    if cache_bytes is not None and cache_dir is None:
+        raise ValueError("`cache_bytes` limits the block cache in `cache_dir`; pass "
+                         f"`cache_dir` too. Received: cache_bytes={cache_bytes!r}, cache_dir=None")

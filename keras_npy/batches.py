@@ -21,7 +21,8 @@ BLOCK_BYTES = 2**20
 BLOCK_FILES = 64
 SHUFFLE_WINDOW = 32
 #: What `build_index` takes of a front end's keywords; the rest make the spec.
-INDEX_KEYWORDS = ("layout", "class_names", "follow_links", "verbose")
+INDEX_KEYWORDS = ("layout", "class_names", "follow_links", "verbose", "storage_options",
+                  "cache_dir", "cache_bytes")
 
 
 def source_of_keywords(caller: str, x, y, kwargs: dict) -> "BatchSource":

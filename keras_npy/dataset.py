@@ -116,6 +116,18 @@ class NpyDataset(keras.utils.PyDataset):
             Defaults to `False`.
         verbose: whether a progress bar is shown on long header scans.
             Defaults to `True`.
+        storage_options: for `x` and `y` named by URLs (`s3://`, `gs://`,
+            `https://`, any fsspec URL; `pip install "keras-npy[s3]"`), the
+            filesystem's keyword arguments, as `fsspec.filesystem` takes them
+            (credentials, `client_kwargs`, `anon`). A URL of an object is a
+            `.npy` file, a prefix a directory; headers are read with one
+            ranged request per object, batches with ranged requests, many in
+            flight, never whole objects. Defaults to `None`.
+        cache_dir: for URLs, a local folder where the bytes read are kept in
+            blocks of 1 MiB, for later epochs (and datasets) to read without
+            requests. Defaults to `None`: no cache.
+        cache_bytes: the most bytes the blocks in `cache_dir` may hold (the
+            least recently used go first). Defaults to `None`: 1 GiB.
         workers: threads (or processes) that read batches ahead. Defaults to
             `1`: batches are read when asked for, in the calling thread.
         use_multiprocessing: whether workers are processes. Defaults to
@@ -154,8 +166,9 @@ class NpyDataset(keras.utils.PyDataset):
                  pad_value=0, pad_targets=False, bucket_boundaries=None, drop_remainder=False,
                  dtype=None, num_shards=None, shard_index=None, shuffle_block_size=None,
                  shuffle_window=None, read_ahead_bytes=64 * 2**20, crop_to=None,
-                 crop_position="center", follow_links=False, verbose=True, workers=1,
-                 use_multiprocessing=False, max_queue_size=10):
+                 crop_position="center", follow_links=False, verbose=True, storage_options=None,
+                 cache_dir=None, cache_bytes=None, workers=1, use_multiprocessing=False,
+                 max_queue_size=10):
         spec = BatchSpec(
             batch_size=batch_size, shuffle=shuffle, seed=seed, label_mode=label_mode,
             validation_split=validation_split, subset=subset, pad_to=pad_to,
@@ -167,7 +180,9 @@ class NpyDataset(keras.utils.PyDataset):
             crop_position=crop_position)
         _checks.check_workers(workers, use_multiprocessing, max_queue_size)
         source = source_of(x, y, spec, layout=layout, class_names=class_names,
-                           follow_links=follow_links, verbose=verbose)
+                           follow_links=follow_links, verbose=verbose,
+                           storage_options=storage_options, cache_dir=cache_dir,
+                           cache_bytes=cache_bytes)
         self._start(source, workers, use_multiprocessing, max_queue_size)
 
     @classmethod

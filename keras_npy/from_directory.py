@@ -22,7 +22,7 @@ _WORKER_ARGUMENTS = ("workers", "use_multiprocessing", "max_queue_size")
 def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
                                class_names=None, batch_size=32, shuffle=True, seed=None,
                                validation_split=None, subset=None, follow_links=False,
-                               format="tf", verbose=True, **kwargs):
+                               format="tf", verbose=True, storage_options=None, **kwargs):
     """Batches of `.npy` files in class folders, like
     `keras.utils.image_dataset_from_directory`.
 
@@ -62,11 +62,15 @@ def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
         format: `"tf"` for `tf.data.Dataset`s, `"pydataset"` for
             `NpyDataset`s. Defaults to `"tf"`.
         verbose: whether to print what was found. Defaults to `True`.
+        storage_options: for a `directory` named by a URL (`s3://bucket/data`,
+            any fsspec URL), the filesystem's keyword arguments. Defaults to
+            `None`.
         **kwargs: the padding and ordering arguments of `NpyDataset`
             (`pad_to`, `pad_to_multiple_of`, `padding`, `truncating`,
             `pad_value`, `bucket_boundaries`, `drop_remainder`, `dtype`,
             `num_shards`, `shard_index`, `shuffle_block_size`,
-            `shuffle_window`, `read_ahead_bytes`).
+            `shuffle_window`, `read_ahead_bytes`), and its block cache of
+            URLs' bytes (`cache_dir`, `cache_bytes`).
 
     Returns:
         A dataset, or a `(training, validation)` tuple with `subset="both"`;
@@ -93,8 +97,10 @@ def npy_dataset_from_directory(directory, labels="inferred", label_mode="int",
         shuffle=shuffle, seed=seed, validation_split=validation_split,
         subset="training" if subset == "both" else subset, **kwargs)
     y = np.asarray(labels) if isinstance(labels, (list, tuple)) else labels
+    storage = {k: kwargs.pop(k) for k in ("cache_dir", "cache_bytes") if k in kwargs}
     index = build_index(directory, y, layout="files", class_names=class_names,
-                        follow_links=follow_links, verbose=verbose)
+                        follow_links=follow_links, verbose=verbose,
+                        storage_options=storage_options, **storage)
     if verbose:
         _print_found(index)
     specs = [spec, spec.for_subset("validation")] if subset == "both" else [spec]

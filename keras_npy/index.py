@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from keras_npy import _checks
 from keras_npy import labels as labels_lib
 from keras_npy import npz, sources
 from keras_npy.header import HeaderCache, NpyHeader, read_header
@@ -66,6 +67,8 @@ class FileIndex:
     """
 
     layout = "files"
+    #: How URL paths are read (a `read.remote.Store`), or `None` for local files.
+    store = None
 
     def __init__(self, paths: sources.PathTable, dtype: np.dtype, shapes: np.ndarray,
                  data_offsets: np.ndarray, fortran_order: np.ndarray,
@@ -186,6 +189,8 @@ class RowIndex:
     """
 
     layout = "rows"
+    #: How URL paths are read (a `read.remote.Store`), or `None` for local files.
+    store = None
 
     def __init__(self, paths: sources.PathTable, dtype: np.dtype, row_shape: tuple[int, ...],
                  data_offsets: np.ndarray, row_starts: np.ndarray, fortran_order: np.ndarray,
@@ -474,7 +479,8 @@ class DatasetIndex:
 
 def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | None = None,
                 label_mode: str | None = "int", follow_links: bool = False,
-                verbose: bool = True, index_file: bool = True) -> DatasetIndex:
+                verbose: bool = True, index_file: bool = True, storage_options: dict | None = None,
+                cache_dir=None, cache_bytes: int | None = None) -> DatasetIndex:
     """Indexes `x` and `y` from their `.npy` headers, reading no sample data.
 
     Args:
@@ -506,6 +512,14 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
             instead of reading the headers, when it was written with these
             arguments and the data have not changed since (with `verbose`, a
             line says why one is not used). Defaults to `True`.
+        storage_options: for sources named by URLs (`s3://`, `gs://`,
+            `https://`, any fsspec URL), the filesystem's keyword arguments
+            (as `fsspec.filesystem` takes them). Defaults to `None`.
+        cache_dir: for URLs, a local folder where the bytes read are kept in
+            blocks, for later reads (and epochs) to find. Defaults to `None`:
+            no cache.
+        cache_bytes: the most bytes the blocks in `cache_dir` may hold; the
+            least recently used go first. Defaults to `None`: 1 GiB.
 
     Returns:
         A `DatasetIndex`.
@@ -530,6 +544,10 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
     if class_names is not None and not _is_inferred(y):
         raise ValueError('You can only pass `class_names` if `y="inferred"`. '
                          f"Received: y={_short(y)}, and class_names={class_names}")
+    _checks.check_storage(storage_options, cache_dir, cache_bytes)
+    from keras_npy.read.remote import Store
+
+    store = Store(storage_options, cache_dir, cache_bytes)
     index = None
     if index_file and (y is None or isinstance(y, (str, os.PathLike))):
         from keras_npy.index_file import index_of_directory
@@ -538,7 +556,7 @@ def build_index(x, y=None, *, layout: str = "auto", class_names: list[str] | Non
     if index is None and layout == "auto":  # None unless x is a directory `keras-npy pack` wrote
         index = _index_of_pack(x, y, class_names, verbose)
     if index is None:
-        options = dict(layout=layout, follow_links=follow_links, verbose=verbose)
+        options = dict(layout=layout, follow_links=follow_links, verbose=verbose, store=store)
         x_index = _index_inputs(x, options)
         y_index, class_names = _index_targets(y, x_index, class_names, options)
         index = DatasetIndex(x_index, y_index, class_names)
@@ -558,10 +576,16 @@ def _index_of_pack(x, y, class_names, verbose: bool) -> DatasetIndex | None:
 
 
 def index_source(source, *, layout: str = "auto", follow_links: bool = False,
-                 verbose: bool = True, name: str = "x") -> FileIndex | RowIndex:
+                 verbose: bool = True, name: str = "x", store=None) -> FileIndex | RowIndex:
     """Indexes one source (see `build_index`) in the given layout. The index
     keeps the folders the walk listed, with their times (`folders`), for an
-    index file to check."""
+    index file to check. URLs are listed and read through `store` (a
+    `read.remote.Store`; see `read.remote.index_source`)."""
+    from keras_npy.read import remote
+
+    if remote.is_url_source(source, name):
+        return remote.index_source(source, layout=layout, name=name, store=store,
+                                   verbose=verbose)
     folders = []
     paths = sources.find_files(source, follow_links=follow_links, name=name, folders=folders)
     if resolve_layout(layout, source) == "rows":
@@ -728,7 +752,13 @@ def _infer_labels(x_index, class_names):
 
 def _index_target_files(y, first: FileIndex | RowIndex, options: dict):
     """Targets in `.npy` files: rows aligned with `x`, or one file per file of `x`."""
-    per_sample = first.layout == "files" and not sources.is_file_list(y)
+    from keras_npy.read import remote
+
+    if remote.is_url_source(y, "y"):  # objects (not a prefix or glob) are rows aligned with x
+        names_objects = remote.names_objects(y, "y", options["store"])
+    else:
+        names_objects = sources.is_file_list(y)
+    per_sample = first.layout == "files" and not names_objects
     if per_sample:
         return _index_per_sample_targets(y, first, options)
     targets = index_source(y, name="y", **{**options, "layout": "rows"})
@@ -751,6 +781,10 @@ def _check_rows_align(x_index: FileIndex | RowIndex, y_index: RowIndex) -> None:
 
 
 def _index_per_sample_targets(y, x_index: FileIndex, options: dict) -> FileIndex:
+    from keras_npy.read import remote
+
+    if remote.is_url_source(y, "y"):
+        return remote.per_sample_targets(y, x_index, options["store"], options["verbose"])
     found = sources.find_files(y, follow_links=options["follow_links"], name="y")
     by_relpath = {}
     for i in range(len(found)):

@@ -95,8 +95,8 @@ def _subfolders(paths: sources.PathTable) -> set[str]:
     class folders are classes too, as in Keras."""
     folders = set()
     for root, kind in zip(paths.roots, paths.kinds):
-        if kind != sources.DIRECTORY:
-            continue
+        if kind != sources.DIRECTORY or "://" in root:
+            continue  # a URL's prefixes hold objects: its class folders are those found
         with os.scandir(root) as entries:
             for entry in entries:
                 if not entry.name.startswith(".") and sources.is_dir(entry):

@@ -23,7 +23,7 @@ _CHUNK_BYTES = 32 * 2**20
 # padding do not change statistics of unpadded samples. Shards do not either:
 # statistics are of the whole split, the same layer on every process.
 _INDEX_KEYWORDS = ("layout", "shuffle", "seed", "validation_split", "subset",
-                   "follow_links", "verbose")
+                   "follow_links", "verbose", "storage_options", "cache_dir", "cache_bytes")
 
 
 def data_statistics(data, axis, kwargs: dict):

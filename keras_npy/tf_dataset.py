@@ -21,7 +21,8 @@ def npy_dataset(x, y=None, **kwargs):
             (`pad_targets` among them),
             `dtype`, `num_shards`, `shard_index`, `shuffle_block_size`,
             `shuffle_window`, `read_ahead_bytes`, `crop_to`, `crop_position`,
-            `follow_links`, `verbose`)
+            `follow_links`, `verbose`, `storage_options`, `cache_dir`,
+            `cache_bytes`)
             but its worker arguments: tf.data reads in parallel itself.
 
     Returns:

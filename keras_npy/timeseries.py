@@ -186,6 +186,11 @@ def _series_of(value, name: str, verbose: bool) -> _Series:
     """The series of `data` (or `targets`): paths are indexed from their
     headers, as the rows layout indexes them; arrays are taken as they are."""
     if _is_paths(value):
+        from keras_npy.read.remote import is_url_source
+
+        if is_url_source(value, name):
+            raise ValueError(f"`{name}` names URLs, which windows are not read from: copy the "
+                             f"series to local files first. Received: {name}={value!r}")
         index = build_index(value, None, layout="rows", verbose=verbose).x
         return _Series(index, list(index.paths), np.diff(index.row_starts).tolist())
     arrays = list(value) if isinstance(value, (list, tuple)) and value and all(

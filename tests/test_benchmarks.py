@@ -28,8 +28,12 @@ def test_the_suite_writes_every_group_and_the_plot(tmp_path):
                      "memory", "scale", "windows, memory", "windows, warm, batch 128, length 120",
                      "windows, cold, stride 120", "windows, cold, stride 1",
                      "crops, cold, per-sample files", "crops, cold, rows file",
+                     "npz rows, warm, sequential, batch 256", "npz rows, cold, global shuffle, "
+                     "batch 256", "npz files, warm, batch 256",
                      "pack, cold, shuffled, fixed length",
-                     "pack, cold, shuffled, variable length"]:
+                     "pack, cold, shuffled, variable length",
+                     "remote rows, sequential, batch 256",
+                     "remote rows, global shuffle, batch 256"]:
         assert expected in groups, expected
     names = {f["name"] for f in report["figures"]}
     assert {"NpyDataset ds[i]", "npy_dataset, in a tf.function", "npy_dataset",

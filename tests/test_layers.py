@@ -311,7 +311,8 @@ def test_normalization_layer_errors(tmp_path, variable_files):
         normalization_layer(path, batch_size=4)
     assert str(error.value) == (
         "normalization_layer() got unexpected keyword arguments ['batch_size']; it takes "
-        "layout, shuffle, seed, validation_split, subset, follow_links, verbose.")
+        "layout, shuffle, seed, validation_split, subset, follow_links, verbose, "
+        "storage_options, cache_dir, cache_bytes.")
     with pytest.raises(ValueError) as error:
         normalization_layer({"a": path, "b": path})
     assert str(error.value) == ("normalization_layer() normalizes one input, but the data has "

@@ -33,7 +33,8 @@ def normalization_layer(data, axis=-1, **kwargs) -> keras.layers.Normalization:
             (one per feature).
         **kwargs: With a path `data`, the `NpyDataset` keywords that select
             the samples: `layout`, `shuffle`, `seed`, `validation_split`,
-            `subset`, `follow_links`, `verbose`. Statistics are of the
+            `subset`, `follow_links`, `verbose`, and for URLs
+            `storage_options`, `cache_dir`, `cache_bytes`. Statistics are of the
             whole split, never of a shard: every process makes the same
             layer.
 

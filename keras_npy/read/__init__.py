@@ -5,6 +5,8 @@
 - `windows`: windows of series (`npy_timeseries_dataset`), one copy each.
 - `regions`: crops: which region of each sample, and which bytes that is.
 - `local`: `preadv` that names the file, and hints to the kernel.
+- `remote`: ranged reads of fsspec URLs (`s3://`, ...), many in flight.
+- `cache`: a local block cache of what `remote` reads (`cache_dir`).
 - `handles`: open files and memory maps of rows files, per process.
 - `guard`: memory maps whose reads cannot kill the process.
 - `buffers`: batch arrays reused once nothing holds them.

@@ -30,7 +30,7 @@ import numpy as np
 
 from keras_npy import npz
 from keras_npy.index import FileIndex, RaggedIndex, RowIndex
-from keras_npy.read import copies, guard, local, plan, regions
+from keras_npy.read import copies, guard, local, plan, regions, remote
 from keras_npy.read.buffers import POOL
 from keras_npy.read.handles import TABLE, FileFacts, MapFailed
 from keras_npy.read.padding import Padding, check_pad_value
@@ -83,7 +83,14 @@ class BatchReader:
         self._check_kept_axes()
         self._crop_shape = None if crop is None else self._check_crop()
         self.pad_value = check_pad_value(padding.pad_value, self.native)
+        #: `remote.RemoteRows` or `remote.RemoteFiles` for URLs; `None` for local files.
+        self._remote = remote.reader_of(index)
+        if self._remote is not None and crop is not None:
+            raise ValueError(f"{index.paths[0]}: `crop_to` is not supported for data read "
+                             f"from URLs. Received: crop_to={crop.crop_to!r}")
         self._rows = RowFiles(index) if isinstance(index, RowIndex) else None
+        if self._rows is not None and self._remote is not None:
+            self._rows = self._remote  # the same questions answered over ranged requests
         if self._rows is not None:
             self._row_target = padding.target_shape(
                 self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
@@ -141,7 +148,7 @@ class BatchReader:
         crops) into the page cache in the background, unless probes find them
         there; returns the pages asked for (0 when cached, or where the
         system takes no such hint)."""
-        if not local.can_advise() or len(ids) == 0:
+        if not local.can_advise() or len(ids) == 0 or self._remote is not None:
             return 0
         if self._crop is not None:
             return self._prefetch_crops(_ids_array(ids), epoch)
@@ -248,6 +255,9 @@ class BatchReader:
             return out
         into = out if self._direct else np.empty((n, *self.index.row_shape), self.stored)
         parts = plan.plan_rows(rows.starts, ids)
+        if self._remote is not None:
+            self._remote.read_parts(parts, into)  # every part's ranges in flight together
+            parts = []
         if advise:
             rows.prefetch(parts)
         for part in parts:
@@ -282,7 +292,7 @@ class BatchReader:
         out = self._allocate(n, target, fill)
         if n == 0:
             return out
-        if advise:
+        if advise and self._remote is None:
             _prefetch_files(index, ids)
         itemsize = self.stored.itemsize
         nbytes = np.prod(shapes, axis=1) * itemsize
@@ -298,7 +308,9 @@ class BatchReader:
         buffers = [slots[k, a:a + b] if d else np.empty(b, np.uint8) for k, (d, a, b) in
                    enumerate(zip(direct.tolist(), starts.tolist(), nbytes.tolist()))]
         paths, sizes = index.paths.select(ids), nbytes.tolist()
-        if index.members is None:
+        if self._remote is not None:  # every sample's request in flight together
+            self._remote.read_samples(ids, buffers, sizes)
+        elif index.members is None:
             _read_plain(index, ids, paths, buffers, sizes)
         else:  # members of .npz archives: stored ones in place, deflated ones inflated
             starts, methods = index.members.starts[ids], index.members.methods[ids]
