@@ -217,7 +217,7 @@ def read_member_header(path: str, source=None) -> NpyHeader:
     text = _decode(name, head[header_start:end], _PREAMBLE[version[0]][1])
     dtype, fortran_order, shape = _parse_header(name, text)
     header = NpyHeader(name, version, dtype, shape, fortran_order, member.start + end,
-                       source.identity, zlib.crc32(memoryview(head)[:end]), member)
+                       source.file_id, zlib.crc32(memoryview(head)[:end]), member)
     found = member.size - end
     if found != header.nbytes:
         problem = "the member is truncated" if found < header.nbytes else (

@@ -131,7 +131,8 @@ def member_path(archive: str, member: str) -> str:
 
 
 class LocalFile:
-    """Ranged reads of a local file: `size`, `read(offset, nbytes)`, `identity`."""
+    """Ranged reads of a local file: `name`, `size`, `read(offset, nbytes)`, and
+    `file_id`, `(device, inode, size, modification time in ns)`."""
 
     def __init__(self, path: str):
         self.name = path
@@ -141,7 +142,7 @@ class LocalFile:
             raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
         stat = os.fstat(self._fd)
         self.size = stat.st_size
-        self.identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        self.file_id = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def read(self, offset: int, nbytes: int) -> bytes:
         """Exactly `nbytes` from `offset`, or the `ValueError` that names the file."""
@@ -171,7 +172,8 @@ def read_directory(source) -> dict[str, Member]:
 
     Args:
         source: the archive, open for ranged reads (`LocalFile`, or a remote
-            file with the same `name`, `size` and `read(offset, nbytes)`).
+            file with the same `name`, `size`, `file_id` and
+            `read(offset, nbytes)`).
 
     Returns:
         A dict from member name to `Member`, in directory order.

@@ -505,3 +505,61 @@ def test_a_url_without_fsspec_says_what_to_install(monkeypatch):
         keras_npy.NpyDataset("s3://bucket/x.npy")
     assert str(e.value) == ('Reading URLs needs fsspec (and s3fs for s3://): '
                             'pip install "keras-npy[s3]"')
+
+
+def _put_archive(client, key, save, **arrays):
+    buffer = io.BytesIO()
+    save(buffer, **arrays)
+    client.put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
+    return f"s3://{BUCKET}/{key}"
+
+
+def test_npz_members_give_the_batches_of_the_local_archive(s3, data, tmp_path):
+    _, options, client = s3
+    rng = np.random.default_rng(5)
+    arrays = {"x": rng.normal(size=(200, 6)).astype("float32"), "y": rng.integers(0, 3, 200)}
+    url = _put_archive(client, "npz/d.npz", np.savez, **arrays)
+    np.savez(tmp_path / "d.npz", **arrays)
+    local = str(tmp_path / "d.npz")
+    common = dict(batch_size=32, shuffle=True, seed=4)
+    ours = keras_npy.NpyDataset(f"{url}::x", y=f"{url}::y", storage_options=options, **common)
+    theirs = keras_npy.NpyDataset(f"{local}::x", y=f"{local}::y", **common)
+    assert ours.file_paths == [f"{url}::x"]
+    _assert_same(_batches(ours), _batches(theirs))
+    tf_batches = list(keras_npy.npy_dataset(f"{url}::x", y=f"{url}::y",
+                                            storage_options=options, **common))
+    for (x, y), (u, v) in zip(tf_batches, [theirs[i] for i in range(len(theirs))]):
+        np.testing.assert_array_equal(x, u)
+        np.testing.assert_array_equal(y, v)
+
+
+def test_per_sample_npz_objects_stored_and_deflated(s3, data, tmp_path):
+    _, options, client = s3
+    rng = np.random.default_rng(6)
+    for k in range(10):
+        sample = rng.normal(size=(2 + k % 4, 3)).astype("float32")
+        save = np.savez_compressed if k % 2 else np.savez
+        _put_archive(client, f"npzfiles/{'a' if k < 5 else 'b'}/{k}.npz", save, x=sample,
+                     other=np.zeros(2))
+        save(tmp_path / f"{k}.npz", x=sample, other=np.zeros(2))
+        os.makedirs(tmp_path / ('a' if k < 5 else 'b'), exist_ok=True)
+        os.replace(tmp_path / f"{k}.npz", tmp_path / ('a' if k < 5 else 'b') / f"{k}.npz")
+    common = dict(y="inferred", batch_size=4, pad_to="longest", shuffle=True, seed=1)
+    ours = keras_npy.NpyDataset(f"s3://{BUCKET}/npzfiles/*/*.npz::x", storage_options=options,
+                                **common)
+    theirs = keras_npy.NpyDataset(f"{tmp_path}/*/*.npz::x", **common)
+    assert ours.class_names == ["a", "b"]
+    _assert_same(_batches(ours), _batches(theirs))
+
+
+def test_a_hostile_npz_object_is_named(s3, data):
+    _, options, client = s3
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros(3))
+    url = f"s3://{BUCKET}/npz/cut.npz"
+    client.put_object(Bucket=BUCKET, Key="npz/cut.npz", Body=buffer.getvalue()[:-10])
+    with pytest.raises(ValueError) as e:
+        keras_npy.NpyDataset(f"{url}::x", storage_options=options)
+    assert str(e.value) == (f"{url}: expected a zip archive (.npz) ending with its central "
+                            "directory, found no end record; the file is not a zip archive "
+                            "or is truncated.")

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from keras_npy import header as header_lib
-from keras_npy import sources
+from keras_npy import npz, sources
 from keras_npy.read import plan
 
 #: Bytes of the one ranged request that reads a header (and its preamble).
@@ -205,6 +205,7 @@ class RangeFile:
                 raise ValueError(f"{url}: expected an object, found a {info['type']}.")
         self.identity = identity_of(info)
         self.size = self.identity[0]
+        self.name, self.file_id = url, file_id_of(self.identity)  # as `npz.LocalFile`'s
 
     def read(self, offset: int, nbytes: int) -> bytes:
         """Exactly `nbytes` bytes from `offset` (one ranged request).
@@ -339,7 +340,12 @@ def find_objects(source, name: str, store: Store) -> tuple[sources.PathTable, li
 
 
 def _resolve(url: str, name: str, store: Store) -> tuple[str, str, list]:
-    """`(kind, root URL, [(relative path, info)])` of one URL."""
+    """`(kind, root URL, [(relative path, info)])` of one URL; for
+    `"archive.npz::name"` (or a glob of archives), that member of each."""
+    archive, member = npz.split(url)
+    if member is not None:
+        kind, root, found = _resolve(archive, name, store)
+        return kind, root, [(npz.member_path(p, member), info) for p, info in found]
     fs, path = store.filesystem(url)
     prefix = url[:len(url) - len(url.split("://", 1)[1])]
     try:
@@ -449,6 +455,9 @@ def per_sample_targets(y, x_index, store: Store | None, verbose: bool):
 def _headers(urls: list[str], infos: dict, store: Store) -> list:
     """The headers of `urls`, many requests in flight."""
     def one(url):
+        if npz.is_archive(url):  # its directory, then the member's header
+            source = RangeFile(npz.physical(url), store, infos.get(url))
+            return header_lib.read_member_header(url, source)
         return read_header(RangeFile(url, store, infos.get(url)))
 
     if len(urls) == 1:
@@ -512,9 +521,10 @@ class RemoteRows:
         self.index, self.store, self.row_nbytes = index, index.store, index.row_nbytes
         self.starts = index.row_starts.tolist()
         self.urls = [index.paths[f] for f in range(len(index.paths))]
+        self._objects = [npz.physical(u) for u in self.urls]  # an archive, for a member
         # What keys an object's blocks in the cache: its size and tag, as indexed.
         self._identities = {url: (int(i[2]), str(int(i[1])))
-                            for url, i in zip(self.urls, index.file_ids.tolist())}
+                            for url, i in zip(self._objects, index.file_ids.tolist())}
         for f, fortran in enumerate(index.fortran_order.tolist()):
             if fortran:
                 raise ValueError(f"{self.urls[f]}: rows of a Fortran-order array are strided "
@@ -535,7 +545,7 @@ class RemoteRows:
             if not isinstance(part, (plan.Run, plan.Gather)):
                 raise ValueError(f"{self.urls[part.file]}: windows and crops are not read "
                                  "over URLs.")
-            url, first = self.urls[part.file], int(self.index.data_offsets[part.file])
+            url, first = self._objects[part.file], int(self.index.data_offsets[part.file])
             check_unchanged(self.store, url, self.index.file_ids[part.file].tolist())
             if isinstance(part, plan.Run):
                 urls.append(url)
@@ -578,6 +588,8 @@ class RemoteFiles:
         number of samples read (all of them)."""
         index = self.index
         urls = index.paths.select(ids)
+        if index.members is not None:
+            return self._read_members(ids, urls, buffers, nbytes)
         heads = index.data_offsets[ids].tolist()
         crcs = index.header_crc32[ids].tolist()
         lengths = [h + n for h, n in zip(heads, nbytes)]
@@ -598,6 +610,34 @@ class RemoteFiles:
                     f"{'' if found[k] != lengths[k] else ' and another header'}; the object "
                     "changed after the dataset was built.")
             buffers[k][...] = reads[k][heads[k]:lengths[k]]
+        return len(ids)
+
+
+    def _read_members(self, ids: np.ndarray, urls: list, buffers: list, nbytes: list) -> int:
+        """Samples that are members of `.npz` archives (or `.npy` objects): a
+        request each of the member's bytes as stored, inflated if deflated,
+        its header checked by its CRC-32."""
+        index, table = self.index, self.index.members
+        heads = index.data_offsets[ids].tolist()
+        starts = np.maximum(table.starts[ids], 0).tolist()
+        deflated = (table.methods[ids] == npz.DEFLATED).tolist()
+        lengths = [int(table.compressed_sizes[i]) if d else h + n for i, d, h, n in
+                   zip(ids.tolist(), deflated, heads, nbytes)]
+        results = _cat(self.store, [npz.physical(u) for u in urls], starts,
+                       [a + n for a, n in zip(starts, lengths)])
+        for k, (url, raw) in enumerate(zip(urls, results)):
+            i = int(ids[k])
+            if deflated[k] and len(raw) == lengths[k]:
+                member = npz.Member(url, starts[k], lengths[k], int(table.sizes[i]),
+                                    npz.DEFLATED, int(table.crcs[i]))
+                raw = npz.Inflater(url, member).inflate(raw)
+            wanted = heads[k] + nbytes[k]
+            if len(raw) < wanted or zlib.crc32(raw[:heads[k]]) != int(index.header_crc32[i]):
+                raise ValueError(f"{url}: expected {wanted} bytes with the header read when the "
+                                 f"dataset was built, found {min(len(raw), wanted)} bytes or "
+                                 "another header; the object changed after the dataset was "
+                                 "built.")
+            buffers[k][...] = np.frombuffer(raw, np.uint8, nbytes[k], heads[k])
         return len(ids)
 
 
