@@ -37,7 +37,7 @@ def _rows(results: Results, path: str, archive: str, rows: int, cold: bool) -> N
         member = NpyDataset(f"{archive}::x", batch_size=BATCH, shuffle=shuffle, seed=0)
         count = len(npy) // 8 if shuffle and cold else len(npy)  # scattered cold rows: a part
         samples = min(rows, count * BATCH)
-        results.rate(group, f".npy NpyDataset ds[i], shuffle={shuffle}", "baseline", samples,
+        results.rate(group, f".npy NpyDataset ds[i], shuffle={shuffle}", "limit", samples,
                      "rows/s", lambda ds=npy: each(ds.__getitem__, range(count)),
                      base=True, setup=setup)
         results.rate(group, f".npz member NpyDataset ds[i], shuffle={shuffle}", "keras_npy",
@@ -60,7 +60,7 @@ def _files(results: Results, root: str, num_files: int) -> None:
     group = results.group(f"npz files, warm, batch {BATCH}: {num_files:,} per-sample files of "
                           "1 KiB, shuffled; ratio to the same samples as .npy files")
     npy = NpyDataset(folder, batch_size=BATCH, shuffle=True, seed=0)
-    results.rate(group, ".npy files NpyDataset ds[i]", "baseline", num_files, "samples/s",
+    results.rate(group, ".npy files NpyDataset ds[i]", "limit", num_files, "samples/s",
                  lambda: each(npy.__getitem__, range(len(npy))), base=True)
     for kind in ("stored", "deflated"):
         ds = NpyDataset(os.path.join(root, f"npz_{kind}") + "::x", batch_size=BATCH,

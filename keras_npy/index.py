@@ -48,7 +48,27 @@ _MAX_THREADS = 64
 _PROGRESS_AFTER_SECONDS = 2.0
 
 
-class FileIndex:
+class _SampleShapes:
+    """The shape questions of an index that holds each sample's shape (`shapes`)."""
+
+    @property
+    def sample_ndim(self) -> int:
+        return self.shapes.shape[1]
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of a sample, `None` on axes where samples differ."""
+        if not self.num_samples:
+            return (None,) * self.sample_ndim
+        fixed = (self.shapes == self.shapes[0]).all(axis=0)
+        return tuple(int(d) if f else None for d, f in zip(self.shapes[0], fixed))
+
+    def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
+        """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""
+        return self.shapes[ids]
+
+
+class FileIndex(_SampleShapes):
     """Layout "files": sample `i` is the whole of file `i`.
 
     Attributes:
@@ -137,22 +157,6 @@ class FileIndex:
     def num_samples(self) -> int:
         return len(self.paths)
 
-    @property
-    def sample_ndim(self) -> int:
-        return self.shapes.shape[1]
-
-    @property
-    def sample_shape(self) -> tuple[int | None, ...]:
-        """The shape of a sample, `None` on axes where samples differ."""
-        if not self.num_samples:
-            return (None,) * self.sample_ndim
-        fixed = (self.shapes == self.shapes[0]).all(axis=0)
-        return tuple(int(d) if f else None for d, f in zip(self.shapes[0], fixed))
-
-    def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
-        """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""
-        return self.shapes[ids]
-
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(file_ids, byte_offsets)` of the samples `ids`."""
         ids = np.asarray(ids, np.int64)
@@ -214,8 +218,8 @@ class RowIndex:
                 raise ValueError(
                     f"{header.path}: the member is compressed (np.savez_compressed), and rows "
                     "of a deflated stream cannot be read in place: reading any row would "
-                    "inflate every row before it. Unpack it once with `keras-npy pack`, or "
-                    "save it with np.savez or np.save.")
+                    "inflate every row before it. Save the array once uncompressed "
+                    "(np.savez, or np.save of np.load(archive)[name]).")
             if not header.shape:
                 raise ValueError(f"{header.path}: expected an array whose rows are samples, "
                                  "found a 0-dimensional array.")
@@ -278,7 +282,7 @@ class RowIndex:
                 f"{self.dtype} in {files} file{'s' * (files != 1)})")
 
 
-class RaggedIndex:
+class RaggedIndex(_SampleShapes):
     """Layout "ragged": samples of varying shapes, each one stretch of the
     bytes of a values file (what `keras-npy pack` writes for variable-length
     samples; see `keras_npy.pack`).
@@ -369,22 +373,6 @@ class RaggedIndex:
     @property
     def num_samples(self) -> int:
         return len(self.shapes)
-
-    @property
-    def sample_ndim(self) -> int:
-        return self.shapes.shape[1]
-
-    @property
-    def sample_shape(self) -> tuple[int | None, ...]:
-        """The shape of a sample, `None` on axes where samples differ."""
-        if not self.num_samples:
-            return (None,) * self.sample_ndim
-        fixed = (self.shapes == self.shapes[0]).all(axis=0)
-        return tuple(int(d) if f else None for d, f in zip(self.shapes[0], fixed))
-
-    def sample_shapes(self, ids: np.ndarray) -> np.ndarray:
-        """`int64` array `(len(ids), sample_ndim)`: the shape of each sample."""
-        return self.shapes[ids]
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(file_ids, byte_offsets)` of the samples `ids`."""

@@ -52,6 +52,7 @@ _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
 _MAX_COMMENT = 0xFFFF
 _ENCRYPTED, _DESCRIPTOR, _UTF8 = 0x1, 0x8, 0x800
+_DESCRIPTOR_BYTES = 12  # its CRC and sizes, at the least
 
 
 class Member(NamedTuple):
@@ -64,6 +65,8 @@ class Member(NamedTuple):
         size: its bytes once inflated (equal to `compressed_size` if stored).
         method: `STORED` (0) or `DEFLATED` (8).
         crc32: the CRC-32 of its inflated bytes, as the directory says.
+        header_offset: where its local header starts.
+        end: where its bytes end (its data descriptor's, if it has one).
     """
 
     name: str
@@ -72,6 +75,8 @@ class Member(NamedTuple):
     size: int
     method: int
     crc32: int
+    header_offset: int = -1
+    end: int = -1
 
     @property
     def compressed(self) -> bool:
@@ -183,6 +188,7 @@ def read_directory(source) -> dict[str, Member]:
             the module's docstring); the message starts with its name.
     """
     name, size = source.name, source.size
+    source = _Tail(source)  # small archives: every read from the one read of the end
     count, cd_size, cd_offset, end = _end_of_directory(source)
     if cd_offset + cd_size > end:
         raise ValueError(f"{name}: expected the central directory ({cd_size} bytes at offset "
@@ -201,6 +207,21 @@ def read_directory(source) -> dict[str, Member]:
     located = {n: _locate(source, *entry) for n, entry in members.items()}
     _check_no_overlap(name, located, cd_offset)
     return located
+
+
+class _Tail:
+    """An archive whose last 64 KiB (read once) serve the reads that fall in
+    them: the whole directory of a small archive in one request."""
+
+    def __init__(self, source):
+        self.name, self.size, self._source = source.name, source.size, source
+        self._start = max(0, source.size - _EOCD.size - _MAX_COMMENT)
+        self._tail = source.read(self._start, source.size - self._start) if source.size else b""
+
+    def read(self, offset: int, nbytes: int) -> bytes:
+        if offset >= self._start and offset + nbytes <= self.size:
+            return self._tail[offset - self._start:offset - self._start + nbytes]
+        return self._source.read(offset, nbytes)
 
 
 def _end_of_directory(source) -> tuple[int, int, int, int]:
@@ -263,6 +284,9 @@ def _central_entry(name: str, raw: bytes, pos: int) -> tuple[tuple, int]:
         raise ValueError(f"{name}: a directory entry runs past the central directory; the "
                          "archive is corrupt.")
     member = _member_name(name, raw[body:body + nlen], flags)
+    if disk:
+        raise ValueError(f"{name}: member {member!r} starts on disk {disk}; archives that "
+                         "span disks are refused.")
     extra = raw[body + nlen:body + nlen + elen]
     usize, csize, offset = _zip64_fields(name, member, extra, usize, csize, offset)
     _check_entry(name, member, flags, method, csize, usize)
@@ -361,11 +385,14 @@ def _locate(source, member: str, flags: int, method: int, crc: int, csize: int, 
             f"{name}: member {member!r}: its local header (name {lname!r}, method {lmethod}, "
             f"{lcsize} bytes, CRC {lcrc:#010x}) disagrees with the central directory (method "
             f"{method}, {csize} bytes, CRC {crc:#010x}); the archive is corrupt or crafted.")
-    return Member(member, start, csize, usize, method, crc)
+    end = start + csize + (_DESCRIPTOR_BYTES if flags & _DESCRIPTOR else 0)
+    return Member(member, start, csize, usize, method, crc, offset, end)
 
 
 def _check_no_overlap(name: str, members: dict[str, Member], cd_offset: int) -> None:
-    spans = sorted((m.start, m.start + m.compressed_size, m.name) for m in members.values())
+    """Each member's bytes, local header to data (descriptor) end, apart from
+    every other's and before the directory."""
+    spans = sorted((m.header_offset, m.end, m.name) for m in members.values())
     for (a_start, a_end, a), nxt in zip(spans, spans[1:] + [(cd_offset, cd_offset, None)]):
         if a_end > nxt[0]:
             other = (f"member {nxt[2]!r}" if nxt[2] is not None
@@ -402,15 +429,15 @@ class Inflater:
         against the declared size and CRC when all are asked for."""
         member, wanted = self.member, self.member.size if limit is None else limit
         inflater = zlib.decompressobj(-15)
-        try:
-            data = inflater.decompress(raw, wanted)
+        try:  # max_length 0 means no limit to zlib: one byte, to see there is more
+            data = inflater.decompress(raw, max(wanted, 1))
         except zlib.error as e:
             raise ValueError(f"{self.path}: cannot inflate the member: {e}; the archive is "
                              "corrupt.") from e
         if limit is not None:
-            return data
+            return data[:limit]
         if (len(data) != member.size or inflater.unconsumed_tail or not inflater.eof
-                or zlib.crc32(data) != member.crc32):
+                or inflater.unused_data or zlib.crc32(data) != member.crc32):
             raise ValueError(f"{self.path}: expected {member.size} inflated bytes with CRC "
                              f"{member.crc32:#010x}, found "
                              f"{len(data)}{'+' * bool(inflater.unconsumed_tail)} bytes with "

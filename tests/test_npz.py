@@ -139,7 +139,7 @@ def test_deflated_rows_are_refused(tmp_path, arrays):
     assert str(e.value) == (
         f"{member}: the member is compressed (np.savez_compressed), and rows of a deflated "
         "stream cannot be read in place: reading any row would inflate every row before it. "
-        "Unpack it once with `keras-npy pack`, or save it with np.savez or np.save.")
+        "Save the array once uncompressed (np.savez, or np.save of np.load(archive)[name]).")
 
 
 def test_naming_members(tmp_path, arrays):
@@ -275,9 +275,9 @@ def test_overlapping_members(tmp_path):
     size = len(_npy(np.zeros(3))) + 40
     for offset in (local + 18, local + 22, central + 20, central + 24):
         _patch(path, offset, "<L", size)
-    start = local + 30 + len("a.npy")
+    end = local + 30 + len("a.npy") + size  # from its local header to its data's end
     assert _error(f"{path}::a") == (
-        f"{path}: member 'a.npy' (bytes {start} to {start + size}) overlaps member 'b.npy'; "
+        f"{path}: member 'a.npy' (bytes {local} to {end}) overlaps member 'b.npy'; "
         "the archive is corrupt or crafted.")
 
 
@@ -313,7 +313,7 @@ def test_huge_declared_sizes(tmp_path):
     local, central = _entries(path)["a.npy"]
     for offset in (local + 18, local + 22, central + 20, central + 24):
         _patch(path, offset, "<L", 2**31)
-    assert _error(path).startswith(f"{path}: member 'a.npy' (bytes {local + 35} to "
+    assert _error(path).startswith(f"{path}: member 'a.npy' (bytes {local} to "
                                    f"{local + 35 + 2**31}) overlaps the central directory")
 
 
@@ -363,3 +363,42 @@ def test_split_names():
     assert npz.split("d.npy") == ("d.npy", None)
     assert npz.split("odd::name.npy") == ("odd::name.npy", None)
     assert npz.physical("/a/d.npz::x") == "/a/d.npz"
+
+
+def test_a_local_header_that_swallows_another_member(tmp_path):
+    # Member b's local header and data lie inside a's local extra field, which
+    # a's directory entry does not show: the spans from local headers overlap.
+    b = _npy(np.ones(3))
+    path = str(tmp_path / "a.npz")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(zipfile.ZipInfo("a.npy"), _npy(np.zeros(3)))
+        archive.writestr(zipfile.ZipInfo("b.npy"), b)
+    entries = _entries(path)
+    data = bytearray(open(path, "rb").read())
+    a_local, _ = entries["a.npy"]
+    b_local, b_central = entries["b.npy"]
+    a_data = bytes(data[a_local + 35:b_local])
+    b_member = bytes(data[b_local:b_local + 35 + len(b)])
+    extra = struct.pack("<2H", 0xCAFE, len(b_member)) + b_member
+    fixed = bytearray(data[a_local:a_local + 35])
+    struct.pack_into("<H", fixed, 28, len(extra))
+    rebuilt = bytes(fixed) + extra + a_data
+    struct.pack_into("<L", data, b_central + 42, a_local + 35 + 4)  # b inside a's extra field
+    tail = bytes(data[b_local + 35 + len(b):])
+    shift = len(rebuilt) - (b_local + 35 + len(b) - a_local)
+    out = bytearray(bytes(data[:a_local]) + rebuilt + tail)
+    at = out.rfind(b"PK\x05\x06")
+    struct.pack_into("<L", out, at + 16, struct.unpack_from("<L", out, at + 16)[0] + shift)
+    open(path, "wb").write(bytes(out))
+    message = _error(f"{path}::a")
+    assert message.startswith(f"{path}: member 'a.npy' (bytes {a_local} to ")
+    assert message.endswith("overlaps member 'b.npy'; the archive is corrupt or crafted.")
+
+
+def test_a_member_declaring_no_bytes_is_not_inflated(tmp_path):
+    path = _zip(tmp_path / "a.npz", {"a.npy": _npy(np.zeros(10**6))}, zipfile.ZIP_DEFLATED)
+    local, central = _entries(path)["a.npy"]
+    for offset in (local + 22, central + 24):
+        _patch(path, offset, "<L", 0)
+    assert _error(path) == (f"{path}: expected a .npy file starting with the magic string "
+                            "b'\\x93NUMPY', found b''.")

@@ -130,9 +130,16 @@ class BlockCache:
     def _put(self, name: str, data: bytes) -> None:
         path = os.path.join(self.directory, name)
         temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)  # readers see a whole block or none
+        try:
+            with open(temporary, "wb") as f:
+                f.write(data)
+            os.replace(temporary, path)  # readers see a whole block or none
+        except OSError:  # a full disk costs the cache, not the training run
+            try:
+                os.remove(temporary)
+            except OSError:
+                pass
+            return
         with self._lock:
             self.nbytes += len(data) - self._blocks.pop(name, 0)
             self._blocks[name] = len(data)

@@ -351,7 +351,7 @@ def _resolve(url: str, name: str, store: Store) -> tuple[str, str, list]:
     try:
         if glob.has_magic(path):
             matches = fs.glob(path, detail=True)
-            root = path[:len(path) - len(path.lstrip("/"))] + sources._glob_root(path)
+            root = sources._glob_root(path)  # keeps a leading "/" (file://, memory://)
             return sources.GLOB, prefix + root, _relative(matches, root, lambda p: True)
         try:
             info = fs.info(path)
@@ -412,7 +412,7 @@ def names_objects(source, name: str, store: Store | None) -> bool:
     store = store or Store()
     entries = list(source) if isinstance(source, (list, tuple)) else [source]
     for url in entries:
-        fs, path = store.filesystem(url)
+        fs, path = store.filesystem(npz.physical(url))  # an archive, for a member
         if glob.has_magic(path):
             return False
         try:
