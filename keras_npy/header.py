@@ -163,25 +163,51 @@ def read_header(path: str | os.PathLike) -> NpyHeader:
     try:
         stat = os.fstat(fd)
         file_size = stat.st_size
-        head = os.pread(fd, _FIRST_READ, 0)
-        version, header_len, header_start = _parse_preamble(path, head)
-        end = header_start + header_len
-        if len(head) < end <= file_size:
-            head += os.pread(fd, end - len(head), len(head))
+        version, dtype, fortran_order, shape, head = parse_head(
+            path, os.pread(fd, _FIRST_READ, 0), file_size,
+            lambda offset, nbytes: os.pread(fd, nbytes, offset))
     except OSError as e:
         raise ValueError(f"{path}: cannot read the file: {e.strerror}.") from e
     finally:
         os.close(fd)
-    if len(head) < end:
-        raise ValueError(f"{path}: expected a header of {header_len} bytes, found a file "
-                         f"of {file_size} bytes; the file is truncated.")
-    text = _decode(path, head[header_start:end], _PREAMBLE[version[0]][1])
-    dtype, fortran_order, shape = _parse_header(path, text)
-    header = NpyHeader(path, version, dtype, shape, fortran_order, end,
+    header = NpyHeader(path, version, dtype, shape, fortran_order, len(head),
                        (stat.st_dev, stat.st_ino, file_size, stat.st_mtime_ns),
-                       zlib.crc32(memoryview(head)[:end]))
-    _check_file_size(header, file_size)
+                       zlib.crc32(head))
+    check_size(header, file_size)
     return header
+
+
+def parse_head(name: str, head: bytes, size: int, more=None,
+               what: str = "file") -> tuple[tuple[int, int], np.dtype, bool, tuple, bytes]:
+    """Checks and parses the header that `head` (the first bytes of a `.npy`
+    stream of `size` bytes: a file, a remote object, an archive's member)
+    starts with, as `read_header` does.
+
+    Args:
+        name: what messages start with (a path, URL or member).
+        head: the stream's first bytes; `_FIRST_READ` cover NumPy's headers.
+        size: the stream's size in bytes.
+        more: `more(offset, nbytes)` reads what `head` lacks of a longer
+            header; `None` when `head` holds all that can be read.
+        what: the stream's kind in messages. Defaults to `"file"`.
+
+    Returns:
+        `(version, dtype, fortran_order, shape, header bytes)`; the data
+        start right after the header bytes.
+
+    Raises:
+        ValueError: the header is not one this reader trusts.
+    """
+    version, header_len, header_start = _parse_preamble(name, head)
+    end = header_start + header_len
+    if more is not None and len(head) < end <= size:
+        head += more(len(head), end - len(head))
+    if len(head) < end:
+        article = "an" if what[0] in "aeiou" else "a"
+        raise ValueError(f"{name}: expected a header of {header_len} bytes, found {article} "
+                         f"{what} of {size} bytes; the {what} is truncated.")
+    text = _decode(name, head[header_start:end], _PREAMBLE[version[0]][1])
+    return (version, *_parse_header(name, text), bytes(head[:end]))
 
 
 def read_member_header(path: str, source=None) -> NpyHeader:
@@ -208,22 +234,11 @@ def read_member_header(path: str, source=None) -> NpyHeader:
             return read_member_header(path, local)
     member = npz.choose(archive, npz.read_directory(source), wanted)
     name = npz.member_path(archive, member.name) if wanted is not None else archive
-    head = _member_head(name, source, member)
-    version, header_len, header_start = _parse_preamble(name, head)
-    end = header_start + header_len
-    if len(head) < end:
-        raise ValueError(f"{name}: expected a header of {header_len} bytes, found a member "
-                         f"of {member.size} bytes; the member is truncated.")
-    text = _decode(name, head[header_start:end], _PREAMBLE[version[0]][1])
-    dtype, fortran_order, shape = _parse_header(name, text)
-    header = NpyHeader(name, version, dtype, shape, fortran_order, member.start + end,
-                       source.file_id, zlib.crc32(memoryview(head)[:end]), member)
-    found = member.size - end
-    if found != header.nbytes:
-        problem = "the member is truncated" if found < header.nbytes else (
-            "the member has trailing bytes")
-        raise ValueError(f"{name}: expected {header.nbytes} data bytes for shape {shape} of "
-                         f"dtype {dtype}, found {found}; {problem}.")
+    version, dtype, fortran_order, shape, head = parse_head(
+        name, _member_head(name, source, member), member.size, what="member")
+    header = NpyHeader(name, version, dtype, shape, fortran_order, member.start + len(head),
+                       source.file_id, zlib.crc32(head), member)
+    check_size(header, member.start + member.size, "member")
     return header
 
 
@@ -424,12 +439,13 @@ def _check_size(path: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[int
     return shape
 
 
-def _check_file_size(header: NpyHeader, file_size: int) -> None:
-    """The data must be exactly as long as the shape says; nothing is read."""
-    found = file_size - header.data_offset
+def check_size(header: NpyHeader, end: int, what: str = "file") -> None:
+    """The data, from `header.data_offset` to `end` (the end of the file, or
+    of the member), must be exactly as long as the shape says; nothing is read."""
+    found = end - header.data_offset
     if found != header.nbytes:
-        problem = "the file is truncated" if found < header.nbytes else (
-            "the file has trailing bytes")
+        problem = f"the {what} is truncated" if found < header.nbytes else (
+            f"the {what} has trailing bytes")
         raise ValueError(
             f"{header.path}: expected {header.nbytes} data bytes for shape "
             f"{header.shape} of dtype {header.dtype}, found {found}; {problem}.")

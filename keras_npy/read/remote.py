@@ -294,19 +294,11 @@ def read_header(file: RangeFile) -> header_lib.NpyHeader:
             with the URL).
     """
     url = file.url
-    head = file.read(0, min(HEADER_BYTES, file.size))
-    version, header_len, header_start = header_lib._parse_preamble(url, head)
-    end = header_start + header_len
-    if len(head) < end <= file.size:
-        head += file.read(len(head), end - len(head))
-    if len(head) < end:
-        raise ValueError(f"{url}: expected a header of {header_len} bytes, found an object "
-                         f"of {file.size} bytes; the object is truncated.")
-    text = header_lib._decode(url, head[header_start:end], header_lib._PREAMBLE[version[0]][1])
-    dtype, fortran_order, shape = header_lib._parse_header(url, text)
-    header = header_lib.NpyHeader(url, version, dtype, shape, fortran_order, end,
-                                  file_id_of(file.identity), zlib.crc32(head[:end]))
-    header_lib._check_file_size(header, file.size)
+    version, dtype, fortran_order, shape, head = header_lib.parse_head(
+        url, file.read(0, min(HEADER_BYTES, file.size)), file.size, file.read, "object")
+    header = header_lib.NpyHeader(url, version, dtype, shape, fortran_order, len(head),
+                                  file_id_of(file.identity), zlib.crc32(head))
+    header_lib.check_size(header, file.size)
     return header
 
 
@@ -588,57 +580,51 @@ class RemoteFiles:
         number of samples read (all of them)."""
         index = self.index
         urls = index.paths.select(ids)
-        if index.members is not None:
-            return self._read_members(ids, urls, buffers, nbytes)
         heads = index.data_offsets[ids].tolist()
         crcs = index.header_crc32[ids].tolist()
         lengths = [h + n for h, n in zip(heads, nbytes)]
-        if self.store.cache_dir is not None:  # the objects as indexed, in blocks
+        if self.store.cache_dir is not None and index.members is None:  # as indexed, in blocks
             reads = [np.empty(n, np.uint8) for n in lengths]
             identities = [(n, f"crc32 {c}") for n, c in zip(lengths, crcs)]
             read_ranges(self.store, urls, [0] * len(urls), reads, identities)
-            found = lengths
-        else:  # one byte more: an object that grew shows as one that shrank does
-            results = _cat(self.store, urls, [0] * len(urls), [n + 1 for n in lengths])
-            reads = [np.frombuffer(r, np.uint8) for r in results]
-            found = [len(r) for r in results]
+        else:
+            reads = self._fetch(ids, urls, lengths)
         for k, url in enumerate(urls):
-            if found[k] != lengths[k] or zlib.crc32(reads[k][:heads[k]]) != crcs[k]:
+            found = len(reads[k])
+            if found != lengths[k] or zlib.crc32(reads[k][:heads[k]]) != crcs[k]:
                 raise ValueError(
                     f"{url}: expected {lengths[k]} bytes with the header read when the dataset "
-                    f"was built, found {found[k] if found[k] <= lengths[k] else 'more'} bytes"
-                    f"{'' if found[k] != lengths[k] else ' and another header'}; the object "
+                    f"was built, found {found if found <= lengths[k] else 'more'} bytes"
+                    f"{'' if found != lengths[k] else ' and another header'}; the object "
                     "changed after the dataset was built.")
             buffers[k][...] = reads[k][heads[k]:lengths[k]]
         return len(ids)
 
-
-    def _read_members(self, ids: np.ndarray, urls: list, buffers: list, nbytes: list) -> int:
-        """Samples that are members of `.npz` archives (or `.npy` objects): a
-        request each of the member's bytes as stored, inflated if deflated,
-        its header checked by its CRC-32."""
-        index, table = self.index, self.index.members
-        heads = index.data_offsets[ids].tolist()
-        starts = np.maximum(table.starts[ids], 0).tolist()
-        deflated = (table.methods[ids] == npz.DEFLATED).tolist()
-        lengths = [int(table.compressed_sizes[i]) if d else h + n for i, d, h, n in
-                   zip(ids.tolist(), deflated, heads, nbytes)]
+    def _fetch(self, ids: np.ndarray, urls: list, lengths: list) -> list:
+        """Each sample's header and data (`lengths[k]` bytes) as its object
+        holds them, one request each, all in flight: a `.npy` object's from
+        byte 0 and one byte more (an object that grew shows as one that shrank
+        does); an `.npz` member's from its first byte, inflated if deflated
+        (its size and CRC-32 checked)."""
+        table, count = self.index.members, len(urls)
+        starts, asks, deflated = [0] * count, [n + 1 for n in lengths], [False] * count
+        if table is not None:
+            inside = (table.starts[ids] >= 0).tolist()
+            starts = np.maximum(table.starts[ids], 0).tolist()
+            deflated = (table.methods[ids] == npz.DEFLATED).tolist()
+            asks = [int(table.compressed_sizes[i]) if d else n + (not m) for i, d, m, n in
+                    zip(ids.tolist(), deflated, inside, lengths)]
         results = _cat(self.store, [npz.physical(u) for u in urls], starts,
-                       [a + n for a, n in zip(starts, lengths)])
-        for k, (url, raw) in enumerate(zip(urls, results)):
-            i = int(ids[k])
-            if deflated[k] and len(raw) == lengths[k]:
-                member = npz.Member(url, starts[k], lengths[k], int(table.sizes[i]),
+                       [a + n for a, n in zip(starts, asks)])
+        reads = []
+        for k, raw in enumerate(results):
+            if deflated[k] and len(raw) == asks[k]:
+                i = int(ids[k])
+                member = npz.Member(urls[k], starts[k], asks[k], int(table.sizes[i]),
                                     npz.DEFLATED, int(table.crcs[i]))
-                raw = npz.Inflater(url, member).inflate(raw)
-            wanted = heads[k] + nbytes[k]
-            if len(raw) < wanted or zlib.crc32(raw[:heads[k]]) != int(index.header_crc32[i]):
-                raise ValueError(f"{url}: expected {wanted} bytes with the header read when the "
-                                 f"dataset was built, found {min(len(raw), wanted)} bytes or "
-                                 "another header; the object changed after the dataset was "
-                                 "built.")
-            buffers[k][...] = np.frombuffer(raw, np.uint8, nbytes[k], heads[k])
-        return len(ids)
+                raw = npz.Inflater(urls[k], member).inflate(raw)
+            reads.append(np.frombuffer(raw, np.uint8))
+        return reads
 
 
 def reader_of(index):
