@@ -61,9 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--labels", choices=("none", "inferred"), default="none",
                        help="inferred: the class of each file is its folder under the "
                        "directory (as y=\"inferred\"); default none")
-    index.add_argument("--class-names", type=lambda t: t.split(","), default=None,
-                       help="with --labels inferred, the class folders in label order, "
-                       "separated by commas")
+    _add_class_names_option(index)
     index.add_argument("--output", "-o", default=None,
                        help="the index file to write; default PATH/keras_npy.index, which "
                        "datasets of PATH made with the same arguments load by themselves")
@@ -82,9 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--labels", choices=("inferred", "none"), default="inferred",
                       help="inferred (default): the class of each file is its folder under "
                       "SRC, packed as y-NNNNN.npy; none: no labels")
-    pack.add_argument("--class-names", type=lambda t: t.split(","), default=None,
-                      help="with --labels inferred, the class folders in label order, "
-                      "separated by commas")
+    _add_class_names_option(pack)
     pack.add_argument("--force", "-f", action="store_true",
                       help="overwrite a DST that holds something else (its pack files)")
     pack.add_argument("--no-verify", action="store_true",
@@ -127,6 +123,12 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
     return value
+
+
+def _add_class_names_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--class-names", type=lambda t: t.split(","), default=None,
+                        help="with --labels inferred, the class folders in label order, "
+                        "separated by commas")
 
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:

@@ -664,10 +664,17 @@ class Progress:
                 now - self._drawn < 0.1 and not finished):  # redrawn ten times a second
             return
         self._drawn = now
-        rate = self.done / max(now - self.started, 1e-9)
-        sys.stdout.write(f"\r{self.done:,}/{self.total:,} {self.unit}s, {rate:,.0f} "
-                         f"{self.unit}s/s" + ("\n" if finished else ""))
-        sys.stdout.flush()
+        stream = self._stream()
+        stream.write("\r" + self._line(max(now - self.started, 1e-9))
+                     + ("\n" if finished else ""))
+        stream.flush()
+
+    def _stream(self):
+        return sys.stdout  # looked up when drawn: where stdout is then
+
+    def _line(self, seconds: float) -> str:
+        rate = self.done / seconds
+        return f"{self.done:,}/{self.total:,} {self.unit}s, {rate:,.0f} {self.unit}s/s"
 
 
 def _check_like_first(path: str, dtype: np.dtype, shape: tuple, first: tuple) -> None:

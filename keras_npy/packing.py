@@ -45,6 +45,7 @@ import zlib
 
 import numpy as np
 
+from keras_npy import index as index_lib
 from keras_npy import sources
 from keras_npy.header import read_header
 
@@ -57,8 +58,6 @@ DEFAULT_SHARD_SIZE = "256MiB"
 #: Bytes of samples read from the source, or compared, per step.
 _CHUNK_BYTES = 16 * 2**20
 _CHUNK_SAMPLES = 4096
-#: Work shorter than this shows no progress line.
-_PROGRESS_AFTER_SECONDS = 2.0
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -491,7 +490,6 @@ def index_of_pack(directory, y=None, class_names=None, *, verbose: bool = True,
         ValueError: the pack is malformed (the message names the file), or
             `class_names` differ from the pack's.
     """
-    from keras_npy import index as index_lib
 
     directory = os.path.abspath(os.fspath(directory))
     manifest = manifest or read_manifest(directory)
@@ -672,7 +670,7 @@ def _write_json(path: str, value: dict) -> None:
     os.replace(temporary, path)
 
 
-class _Progress:
+class _Progress(index_lib.Progress):
     """A progress line on stderr (bytes done / total, MiB/s), drawn once the
     work has taken two seconds, and only when stderr is a terminal."""
 
@@ -681,16 +679,10 @@ class _Progress:
         self.verbose = verbose and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
         self.started, self._drawn = time.perf_counter(), float("-inf")
 
-    def add(self, nbytes: int) -> None:
-        self.done += nbytes
-        if not self.verbose:
-            return
-        now, finished = time.perf_counter(), self.done >= self.total
-        if now - self.started <= _PROGRESS_AFTER_SECONDS or (
-                now - self._drawn < 0.1 and not finished):
-            return
-        self._drawn = now
-        rate = self.done / 2**20 / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r{self.what}: {self.done / 2**20:,.1f}/{self.total / 2**20:,.1f} "
-                         f"MiB, {rate:,.1f} MiB/s" + ("\n" if finished else ""))
-        sys.stderr.flush()
+    def _stream(self):
+        return sys.stderr
+
+    def _line(self, seconds: float) -> str:
+        rate = self.done / 2**20 / seconds
+        return (f"{self.what}: {self.done / 2**20:,.1f}/{self.total / 2**20:,.1f} MiB, "
+                f"{rate:,.1f} MiB/s")

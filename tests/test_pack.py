@@ -511,7 +511,7 @@ def test_a_progress_line_on_a_terminal(tmp_path, monkeypatch):
     source = _fixed_tree(tmp_path / "src", count=8)
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
-    monkeypatch.setattr(packing, "_PROGRESS_AFTER_SECONDS", -1.0)  # at once
+    monkeypatch.setattr(keras_npy.index, "_PROGRESS_AFTER_SECONDS", -1.0)  # at once
     keras_npy.pack(source, str(tmp_path / "dst"), shard_size="4KiB")
     lines = screen.getvalue().split("\n")
     assert lines[0].startswith("\rpacking: 0.0/0.0 MiB, ") and lines[0].endswith(" MiB/s")

@@ -88,9 +88,9 @@ class BatchReader:
         if self._remote is not None and crop is not None:
             raise ValueError(f"{index.paths[0]}: `crop_to` is not supported for data read "
                              f"from URLs. Received: crop_to={crop.crop_to!r}")
-        self._rows = RowFiles(index) if isinstance(index, RowIndex) else None
-        if self._rows is not None and self._remote is not None:
-            self._rows = self._remote  # the same questions answered over ranged requests
+        self._rows = None
+        if isinstance(index, RowIndex):  # over URLs, the same questions by ranged requests
+            self._rows = self._remote if self._remote is not None else RowFiles(index)
         if self._rows is not None:
             self._row_target = padding.target_shape(
                 self.axes, np.array([index.row_shape], np.int64).reshape(1, -1))
@@ -314,20 +314,15 @@ class BatchReader:
             _read_plain(index, ids, paths, buffers, sizes)
         else:  # members of .npz archives: stored ones in place, deflated ones inflated
             starts, methods = index.members.starts[ids], index.members.methods[ids]
-            for in_archive in (False, True):
-                chosen = np.flatnonzero((starts >= 0) & (methods == npz.STORED) if in_archive
-                                        else starts < 0).tolist()
+            files = np.flatnonzero(starts < 0).tolist()
+            stored = np.flatnonzero((starts >= 0) & (methods == npz.STORED)).tolist()
+            for chosen, at in ((files, None), (stored, starts[stored].tolist())):
                 _read_plain(index, ids[chosen], [paths[k] for k in chosen],
-                            [buffers[k] for k in chosen], [sizes[k] for k in chosen],
-                            starts[chosen].tolist() if in_archive else None)
+                            [buffers[k] for k in chosen], [sizes[k] for k in chosen], at)
             for k in np.flatnonzero(methods == npz.DEFLATED).tolist():
                 _read_member(index, int(ids[k]), paths[k], buffers[k], sizes[k])
-        for k in np.flatnonzero(~direct).tolist():  # converted, or padded inside
-            shape = tuple(shapes[k].tolist())
-            scratch = buffers[k].view(self.stored).reshape(
-                shape, order="F" if index.fortran_order[ids[k]] else "C")
-            source, destination = self.padding.placement(shape, target)
-            out[(k, *destination)] = scratch[source]
+        _place(out, buffers, np.flatnonzero(~direct), shapes, self.stored, self.padding,
+               target, index.fortran_order[ids])
         return out
 
 
@@ -516,15 +511,34 @@ class RowFiles:
             f = part.file
             if self.fortran[f]:
                 continue  # strided rows: a stretch per element is not worth asking for
-            facts = self.facts[f]
-            opened = TABLE.get(self.keys[f], facts)
-            offsets, lengths = plan.whole_if_small(*self._extents(part), facts.nbytes,
-                                                   self.whole_file_bytes)
-            for offset, length, missing in _not_cached(opened, offsets.tolist(),
-                                                       lengths.tolist()):
-                local.advise(opened.fd, facts.data_offset + offset, length)
-                pages += missing
+            pages += _advise_extents(TABLE.get(self.keys[f], self.facts[f]),
+                                     *self._extents(part), self.whole_file_bytes)
         return pages
+
+
+def _advise_extents(opened, offsets: np.ndarray, lengths: np.ndarray,
+                    whole_file_bytes: int) -> int:
+    """Advises the kernel of the stretches of a file's data bytes (sorted,
+    merged extents; the whole file if small, see `plan.whole_if_small`) that
+    are not all in the page cache; returns the pages asked for."""
+    facts, pages = opened.facts, 0
+    offsets, lengths = plan.whole_if_small(offsets, lengths, facts.nbytes, whole_file_bytes)
+    for offset, length, missing in _not_cached(opened, offsets.tolist(), lengths.tolist()):
+        local.advise(opened.fd, facts.data_offset + offset, length)
+        pages += missing
+    return pages
+
+
+def _place(out: np.ndarray, buffers: list, scattered: np.ndarray, shapes: np.ndarray,
+           dtype: np.dtype, padding: Padding, target: tuple, fortran=None) -> None:
+    """Places the samples `scattered` (converted, or padded inside), read as
+    stored into scratch `buffers`, into their slots of `out`."""
+    for k in scattered.tolist():
+        shape = tuple(shapes[k].tolist())
+        order = "F" if fortran is not None and fortran[k] else "C"
+        scratch = buffers[k].view(dtype).reshape(shape, order=order)
+        source, destination = padding.placement(shape, target)
+        out[(k, *destination)] = scratch[source]
 
 
 def _blocks(rows: np.ndarray, row_ndim: int) -> np.ndarray:
@@ -579,11 +593,8 @@ class RaggedFiles:
                    in enumerate(zip(straight.tolist(), place.tolist(), step.tolist(),
                                     counts.tolist()))]
         self._read_stretches(files, starts, counts, buffers)
-        for k in np.flatnonzero(~straight).tolist():  # converted, or padded inside
-            shape = tuple(shapes[k].tolist())
-            scratch = buffers[k].view(self.index.dtype).reshape(shape)
-            src, destination = padding.placement(shape, target)
-            out[(k, *destination)] = scratch[src]
+        _place(out, buffers, np.flatnonzero(~straight), shapes, self.index.dtype, padding,
+               target)
 
     def _read_stretches(self, files: np.ndarray, starts: np.ndarray, counts: np.ndarray,
                         buffers: list) -> None:
@@ -643,14 +654,10 @@ class RaggedFiles:
             mine = (files == f) & (nbytes > 0)
             facts = self.facts[f]
             order = np.argsort(offsets[mine], kind="stable")
-            merged, lengths = plan.whole_if_small(*plan.merge_extents(
-                offsets[mine][order] - facts.data_offset, nbytes[mine][order].astype(np.int64)),
-                facts.nbytes, self.whole_file_bytes)
-            opened = TABLE.get(self.keys[f], facts)
-            for offset, length, missing in _not_cached(opened, merged.tolist(),
-                                                       lengths.tolist()):
-                local.advise(opened.fd, facts.data_offset + offset, length)
-                pages += missing
+            extents = plan.merge_extents(offsets[mine][order] - facts.data_offset,
+                                         nbytes[mine][order].astype(np.int64))
+            pages += _advise_extents(TABLE.get(self.keys[f], facts), *extents,
+                                     self.whole_file_bytes)
         return pages
 
 
@@ -779,11 +786,12 @@ class _FileRegions:
         return pages
 
 
-def _open(path: str, name: str | None = None) -> int:
+def _open(path: str) -> int:
+    """Opens a file (the archive of a member), or raises the error naming `path`."""
     try:
         return os.open(npz.physical(path), os.O_RDONLY)
     except OSError as e:
-        raise ValueError(f"{name or path}: cannot open the file: {e.strerror}.") from e
+        raise ValueError(f"{path}: cannot open the file: {e.strerror}.") from e
 
 
 def _member_place(index: FileIndex, i: int) -> tuple[int, int | None]:
@@ -926,7 +934,7 @@ def _read_member(index: FileIndex, i: int, path: str, buffer: np.ndarray, nbytes
     read whole and inflated (its size and CRC-32 checked)."""
     table, head = index.members, int(index.data_offsets[i])
     start, method = int(table.starts[i]), int(table.methods[i])
-    fd = _open(npz.physical(path), path)
+    fd = _open(path)
     try:
         if method == npz.STORED:
             header = np.empty(head, np.uint8)
